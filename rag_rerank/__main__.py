@@ -1,0 +1,3 @@
+from rag_rerank.cli import main
+
+main()

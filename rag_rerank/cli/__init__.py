@@ -1,0 +1,76 @@
+"""``rag-rerank <stage>``: a thin click CLI over the library.
+
+One module per stage (``generate``, ``retrieval``, ``training``, ...) keeps each file short; this
+module only builds the group, configures logging and turns user errors into one clean line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from rag_rerank import __version__
+from rag_rerank.errors import RagRerankError
+
+
+class _Group(click.Group):
+    """Turns library errors into ``Error: ...`` and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (RagRerankError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            if os.environ.get("RAG_RERANK_DEBUG"):
+                raise
+            raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:
+            click.echo("Interrupted; work done so far is saved (rerun the same command to resume).", err=True)
+            sys.exit(130)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("rag_rerank").setLevel(level)
+    for noisy in ("httpx", "httpcore", "openai", "sentence_transformers", "transformers", "faiss", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - transformers is optional at this point
+        pass
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rag-rerank")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: also the libraries').")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """Adapt a RAG reranker to your documents with no human labels.
+
+    \b
+    Stages:  generate -> index -> retrieve -> mine -> train -> evaluate
+    Offline defaults: embedded:minilm (bi-encoder), embedded:minilm-ce (reranker base),
+    embedded:smollm2 (LLM, served by llama.cpp). See `rag-rerank models`.
+    """
+    _configure_logging(verbose, quiet)
+
+
+def _register() -> None:
+    from rag_rerank.cli import demo, evaluate, generate, models, retrieval, training
+
+    for module in (generate, retrieval, training, evaluate, demo, models):
+        for cmd in module.COMMANDS:
+            main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,204 @@
+"""Files on disk: BEIR folders, JSONL, TREC run files, all written atomically.
+
+Every write goes to a temporary file in the same folder and is renamed over the target, so a crash
+never leaves a half-written file. Readers name the file and line of any malformed record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.errors import DataError
+from rag_rerank.types import Corpus, Qrels, Queries, Run, ranked
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
+
+    Example:
+        >>> with atomic_write("out.json") as f:  # doctest: +SKIP
+        ...     f.write("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as pretty JSON, atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a parse error names the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg}); fix or delete the file") from e
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records as JSON Lines, atomically. Returns the number written."""
+    n = 0
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_bad_tail: bool = False) -> Iterator[dict]:
+    """Yield the JSON objects of a JSONL file, skipping blank lines.
+
+    Args:
+        path: the file.
+        skip_bad_tail: tolerate a truncated *last* line (a checkpoint cut by a crash); a bad line
+            anywhere else is still an error.
+
+    Raises:
+        DataError: naming the file and line of a malformed record.
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if skip_bad_tail and i == len(lines) and not line.endswith("\n"):
+                return
+            raise DataError(f"{path}: line {i}: invalid JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {i}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
+
+
+def _require(obj: dict, keys: tuple[str, ...], path: Path, line: int) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{path}: line {line}: missing field(s) {missing}; BEIR records need {list(keys)}")
+
+
+def load_corpus(path: str | os.PathLike) -> Corpus:
+    """Load a BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``)."""
+    path = Path(path)
+    corpus: Corpus = {}
+    for i, rec in enumerate(iter_jsonl(path), 1):
+        _require(rec, ("_id", "text"), path, i)
+        corpus[str(rec["_id"])] = {"title": str(rec.get("title") or ""), "text": str(rec["text"])}
+    return corpus
+
+
+def load_queries(path: str | os.PathLike) -> Queries:
+    """Load a BEIR ``queries.jsonl`` (``_id``, ``text``)."""
+    path = Path(path)
+    queries: Queries = {}
+    for i, rec in enumerate(iter_jsonl(path), 1):
+        _require(rec, ("_id", "text"), path, i)
+        queries[str(rec["_id"])] = str(rec["text"])
+    return queries
+
+
+def load_qrels(path: str | os.PathLike) -> Qrels:
+    """Load a BEIR qrels TSV (``query-id  corpus-id  score``, with or without a header)."""
+    path = Path(path)
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row or (i == 1 and row[0] in ("query-id", "query_id", "qid")):
+                continue
+            if len(row) < 3:
+                raise DataError(f"{path}: line {i}: expected 3 tab-separated columns, got {len(row)}")
+            try:
+                rel = int(float(row[2]))
+            except ValueError as e:
+                raise DataError(f"{path}: line {i}: relevance {row[2]!r} is not a number") from e
+            qrels.setdefault(row[0], {})[row[1]] = rel
+    return qrels
+
+
+def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[Corpus, Queries, Qrels]:
+    """Load a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``.
+
+    Only the queries that have qrels in ``split`` are returned.
+    """
+    folder = Path(folder)
+    for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (folder / name).is_file():
+            raise DataError(f"{folder}: missing {name}; expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    corpus = load_corpus(folder / "corpus.jsonl")
+    qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
+    queries = {q: t for q, t in load_queries(folder / "queries.jsonl").items() if q in qrels}
+    return corpus, queries, qrels
+
+
+def save_corpus(path: str | os.PathLike, corpus: Corpus, extra: dict[str, dict] | None = None) -> int:
+    """Write a BEIR ``corpus.jsonl``; ``extra[doc_id]`` adds fields (e.g. ``metadata``)."""
+    extra = extra or {}
+    return write_jsonl(
+        path, ({"_id": d, "title": v.get("title", ""), "text": v["text"], **extra.get(d, {})} for d, v in corpus.items())
+    )
+
+
+def save_queries(path: str | os.PathLike, queries: Queries, extra: dict[str, dict] | None = None) -> int:
+    """Write a BEIR ``queries.jsonl``."""
+    extra = extra or {}
+    return write_jsonl(path, ({"_id": q, "text": t, **extra.get(q, {})} for q, t in queries.items()))
+
+
+def save_qrels(path: str | os.PathLike, qrels: Qrels) -> None:
+    """Write a BEIR qrels TSV with its header."""
+    with atomic_write(path) as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in qrels:
+            for d, rel in qrels[q].items():
+                f.write(f"{q}\t{d}\t{rel}\n")
+
+
+def save_run(path: str | os.PathLike, run: Run, tag: str = "rag-rerank", top_k: int | None = None) -> None:
+    """Write a TREC run file: ``qid Q0 docid rank score tag``, ranked by ``(-score, doc_id)``."""
+    with atomic_write(path) as f:
+        for q in run:
+            for rank, (d, s) in enumerate(ranked(run[q], top_k), 1):
+                f.write(f"{q} Q0 {d} {rank} {s:.6f} {tag}\n")
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a TREC run file into a ``Run``."""
+    path = Path(path)
+    run: Run = {}
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 5:
+                raise DataError(f"{path}: line {i}: expected 'qid Q0 docid rank score [tag]'")
+            try:
+                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+            except ValueError as e:
+                raise DataError(f"{path}: line {i}: score {parts[4]!r} is not a number") from e
+    return run
