@@ -159,7 +159,8 @@ def save_corpus(path: str | os.PathLike, corpus: Corpus, extra: dict[str, dict] 
     """Write a BEIR ``corpus.jsonl``; ``extra[doc_id]`` adds fields (e.g. ``metadata``)."""
     extra = extra or {}
     return write_jsonl(
-        path, ({"_id": d, "title": v.get("title", ""), "text": v["text"], **extra.get(d, {})} for d, v in corpus.items())
+        path,
+        ({"_id": d, "title": v.get("title", ""), "text": v["text"], **extra.get(d, {})} for d, v in corpus.items()),
     )
 
 

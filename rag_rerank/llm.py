@@ -93,9 +93,7 @@ class LLMClient:
 
         self.settings = settings
         key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-needed"
-        self._client = openai.OpenAI(
-            api_key=key, base_url=settings.base_url, timeout=settings.timeout, max_retries=0
-        )
+        self._client = openai.OpenAI(api_key=key, base_url=settings.base_url, timeout=settings.timeout, max_retries=0)
         self._rng = random.Random(settings.seed)
         self._lock = threading.Lock()
 
@@ -241,9 +239,21 @@ class EmbeddedLLMServer:
         self.port = free_port(self.host)
         self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         cmd = [
-            sys.executable, "-m", "rag_rerank._llama_server", "--model", str(self.model_path),
-            "--port", str(self.port), "--host", self.host, "--ctx", str(self.ctx),
-            "--parallel", str(self.parallel), "--threads", str(self.threads),
+            sys.executable,
+            "-m",
+            "rag_rerank._llama_server",
+            "--model",
+            str(self.model_path),
+            "--port",
+            str(self.port),
+            "--host",
+            self.host,
+            "--ctx",
+            str(self.ctx),
+            "--parallel",
+            str(self.parallel),
+            "--threads",
+            str(self.threads),
         ]
         logger.info("starting embedded LLM server (%s) on %s:%d", Path(self.model_path).name, self.host, self.port)
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -263,7 +273,9 @@ class EmbeddedLLMServer:
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise LLMError(f"the embedded LLM server exited at start (code {self._proc.returncode}): {self._tail()}")
+                raise LLMError(
+                    f"the embedded LLM server exited at start (code {self._proc.returncode}): {self._tail()}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:

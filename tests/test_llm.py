@@ -1,0 +1,115 @@
+"""The one LLM path: the openai SDK against the embedded llama.cpp server (a real server, not a mock)."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from rag_rerank.llm import EmbeddedLLMServer, LLMClient, LLMSettings, backoff_delay, open_llm, parse_llm_spec
+
+MSGS = [{"role": "user", "content": "Write one question about: Lima is the capital of Peru."}]
+
+
+def test_parse_llm_spec():
+    assert parse_llm_spec("embedded") == ("embedded", "embedded:smollm2")
+    assert parse_llm_spec("openai:gpt-4o-mini") == ("openai", "gpt-4o-mini")
+    assert parse_llm_spec("/models/x.gguf") == ("embedded", "/models/x.gguf")
+    for bad in ("openai:", "gpt-4o", ""):
+        with pytest.raises(ValueError, match="--llm"):
+            parse_llm_spec(bad)
+
+
+def test_backoff_is_full_jitter_and_capped():
+    rng = random.Random(0)
+    for attempt in range(10):
+        delays = [backoff_delay(attempt, 0.5, 8.0, rng) for _ in range(200)]
+        cap = min(8.0, 0.5 * 2**attempt)
+        assert all(0 <= d <= cap for d in delays)
+        assert max(delays) > cap * 0.8  # actually spreads over the window (jitter), not a constant
+
+
+def test_client_repr_never_shows_the_key():
+    client = LLMClient(LLMSettings(model="m", base_url="http://127.0.0.1:1/v1"), api_key="sk-secret-123")
+    assert "sk-secret" not in repr(client)
+
+
+@pytest.mark.slow
+def test_embedded_server_answers_through_the_openai_sdk():
+    import openai
+
+    with EmbeddedLLMServer() as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        # the plain SDK, no rag-rerank wrapper in between
+        raw = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        resp = raw.chat.completions.create(model="embedded", messages=MSGS, max_tokens=40, seed=1)
+        assert resp.choices[0].message.content.strip()
+        assert resp.usage.completion_tokens > 0
+        proc = server._proc
+    assert proc is not None and proc.poll() is not None  # stopped on exit
+
+
+@pytest.mark.slow
+def test_embedded_generation_is_deterministic_for_a_seed():
+    with open_llm("embedded", seed=7, max_tokens=48) as llm:
+        a = [llm.complete(MSGS).text for _ in range(2)]
+        b = [r.text for _, r in sorted(llm.complete_many([MSGS, MSGS], concurrency=1))]
+    assert a[0] == a[1] == b[0] == b[1]
+    assert a[0].strip()
+
+
+@pytest.mark.slow
+def test_server_is_stopped_when_the_caller_is_interrupted(tmp_path):
+    """Ctrl-C (SIGINT) in the caller stops the child server: nothing is left listening."""
+    script = tmp_path / "caller.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, time
+        from rag_rerank.llm import EmbeddedLLMServer
+        with EmbeddedLLMServer() as s:
+            print(s._proc.pid, flush=True)
+            time.sleep(60)
+    """)
+    )
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(caller.stdout.readline())
+    caller.send_signal(2)  # SIGINT, as Ctrl-C
+    caller.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.2)
+    assert not _alive(child_pid)
+
+
+@pytest.mark.slow
+def test_orphaned_server_exits_when_its_parent_is_killed(tmp_path):
+    script = tmp_path / "caller.py"
+    script.write_text(
+        textwrap.dedent("""
+        import time
+        from rag_rerank.llm import EmbeddedLLMServer
+        s = EmbeddedLLMServer().start()
+        print(s._proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    )
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(caller.stdout.readline())
+    caller.kill()  # SIGKILL: no cleanup code runs in the caller
+    caller.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.2)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
