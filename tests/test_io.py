@@ -108,3 +108,9 @@ def test_content_id_is_stable_and_separates_parts():
     assert content_id("ab", "c") == content_id("ab", "c")
     assert content_id("ab", "c") != content_id("a", "bc")
     assert content_id("x", prefix="c").startswith("c") and len(content_id("x", prefix="c")) == 17
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    write_json(tmp_path / "x.json", {})
+    mode = (tmp_path / "x.json").stat().st_mode & 0o777
+    assert mode & 0o044  # readable by group/others under a normal umask, not mkstemp's 0600

@@ -1,0 +1,279 @@
+"""Hybrid retrieval: BM25 + dense, fused by reciprocal rank (default) or by normalised weighted scores.
+
+Fusion functions work on any ``Run``s, so they also fuse runs read from TREC files. Every output ranking is
+ordered by ``(-score, doc_id)`` and holds only documents some retriever actually returned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.errors import DataError
+from rag_rerank.io import load_corpus, read_json, save_corpus, write_json
+from rag_rerank.retrieval.bm25 import BM25Retriever
+from rag_rerank.retrieval.dense import DenseRetriever
+from rag_rerank.types import Corpus, Queries, Run, ranked
+
+INDEX_FORMAT = "rag-rerank-index"
+MODES = ("bm25", "dense", "hybrid")
+
+
+def _weights(runs: Sequence[Run], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise ValueError(f"got {len(weights)} weights for {len(runs)} runs; give one weight per run")
+    return [float(w) for w in weights]
+
+
+def _qids(runs: Sequence[Run]) -> list[str]:
+    seen: dict[str, None] = {}
+    for run in runs:
+        seen.update(dict.fromkeys(run))
+    return list(seen)
+
+
+def rrf(runs: Sequence[Run], k: int = 60, weights: Sequence[float] | None = None, top_k: int | None = None) -> Run:
+    """Reciprocal rank fusion: ``score(d) = sum_r w_r / (k + rank_r(d))`` with 1-based ranks by ``(-score, id)``.
+
+    Example:
+        >>> rrf([{"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], k=60)["q"]
+        {'b': 0.03252247488101534, 'a': 0.01639344262295082, 'c': 0.016129032258064516}
+    """
+    if k < 0:
+        raise ValueError(f"rrf k must be >= 0, got {k}")
+    ws = _weights(runs, weights)
+    fused: Run = {}
+    for qid in _qids(runs):
+        acc: dict[str, float] = {}
+        for run, w in zip(runs, ws, strict=False):
+            for rank, (doc, _) in enumerate(ranked(run.get(qid, {})), 1):
+                acc[doc] = acc.get(doc, 0.0) + w / (k + rank)
+        fused[qid] = dict(ranked(acc, top_k))
+    return fused
+
+
+def normalize_scores(scores: dict[str, float], norm: str = "minmax") -> dict[str, float]:
+    """Normalise one query's scores: ``"minmax"`` to [0, 1] (all-equal -> 1.0) or ``"zscore"`` (std 0 -> 0.0).
+
+    Example:
+        >>> normalize_scores({"a": 3.0, "b": 1.0, "c": 2.0})
+        {'a': 1.0, 'b': 0.0, 'c': 0.5}
+    """
+    if norm not in ("minmax", "zscore"):
+        raise ValueError(f"norm={norm!r}: use 'minmax' or 'zscore'")
+    if not scores:
+        return {}
+    vals = list(scores.values())
+    if norm == "minmax":
+        lo, hi = min(vals), max(vals)
+        return {d: (s - lo) / (hi - lo) if hi > lo else 1.0 for d, s in scores.items()}
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    return {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
+
+
+def weighted_fusion(
+    runs: Sequence[Run], weights: Sequence[float] | None = None, norm: str = "minmax", top_k: int | None = None
+) -> Run:
+    """Weighted sum of per-query normalised scores.
+
+    A document missing from one run gets that run's lowest normalised score for the query (0 for min-max,
+    the minimum z for z-score), i.e. it is treated as no better than the worst candidate that run returned.
+
+    Example:
+        >>> weighted_fusion([{"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], weights=[1, 1])["q"]
+        {'a': 1.0, 'b': 1.0, 'c': 0.0}
+    """
+    ws = _weights(runs, weights)
+    fused: Run = {}
+    for qid in _qids(runs):
+        acc: dict[str, float] = {}
+        parts = [normalize_scores(run.get(qid, {}), norm) for run in runs]
+        docs = {d for p in parts for d in p}
+        for part, w in zip(parts, ws, strict=False):
+            floor = min(part.values()) if part and norm == "zscore" else 0.0
+            for d in docs:
+                acc[d] = acc.get(d, 0.0) + w * part.get(d, floor)
+        fused[qid] = dict(ranked(acc, top_k))
+    return fused
+
+
+class HybridRetriever:
+    """BM25 and a bi-encoder searched separately, then fused.
+
+    Args:
+        bm25: a :class:`BM25Retriever` (default: a new one with default settings).
+        dense: a :class:`DenseRetriever` (default: a new one on ``embedded:minilm``).
+        fusion: ``"rrf"`` (reciprocal rank fusion) or ``"weighted"`` (normalised score sum).
+        rrf_k: the RRF constant.
+        weights: ``(bm25, dense)`` weights for either fusion.
+        norm: ``"minmax"`` or ``"zscore"`` for weighted fusion.
+        depth: candidates taken from each retriever before fusion: an int for both, a ``(bm25, dense)``
+            pair, or ``None`` for ``max(top_k, 100)``.
+
+    Example:
+        >>> h = HybridRetriever().index(corpus)  # doctest: +SKIP
+        >>> run = h.search({"q1": "who wrote Hamlet?"}, top_k=100)  # doctest: +SKIP
+        >>> bm25_only = h.search({"q1": "who wrote Hamlet?"}, mode="bm25")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bm25: BM25Retriever | None = None,
+        dense: DenseRetriever | None = None,
+        *,
+        fusion: str = "rrf",
+        rrf_k: int = 60,
+        weights: tuple[float, float] = (1.0, 1.0),
+        norm: str = "minmax",
+        depth: int | tuple[int, int] | None = None,
+    ) -> None:
+        if fusion not in ("rrf", "weighted"):
+            raise ValueError(f"fusion={fusion!r}: use 'rrf' or 'weighted'")
+        if norm not in ("minmax", "zscore"):
+            raise ValueError(f"norm={norm!r}: use 'minmax' or 'zscore'")
+        if len(weights) != 2:
+            raise ValueError(f"weights={weights!r}: give two numbers, (bm25, dense)")
+        self.bm25: BM25Retriever = bm25 if bm25 is not None else BM25Retriever()
+        self.dense: DenseRetriever | None = dense if dense is not None else DenseRetriever()
+        self.fusion, self.rrf_k, self.norm = fusion, int(rrf_k), norm
+        self.weights = (float(weights[0]), float(weights[1]))
+        self.depth = depth
+        self._corpus: Corpus | None = None
+        self._corpus_path: Path | None = None
+
+    @property
+    def corpus(self) -> Corpus:
+        """The indexed corpus (read from the index folder on first use after :meth:`load`)."""
+        if self._corpus is None and self._corpus_path is not None:
+            self._corpus = load_corpus(self._corpus_path)
+        if self._corpus is None:
+            raise RuntimeError("HybridRetriever has no corpus; call .index(corpus) or HybridRetriever.load(dir) first")
+        return self._corpus
+
+    def index(self, corpus: Corpus, show_progress_bar: bool | None = None) -> HybridRetriever:
+        """Index ``corpus`` with BM25 and (when present) the dense retriever. Returns ``self``."""
+        if not corpus:
+            raise DataError("cannot index an empty corpus; give at least one document")
+        self._corpus = {d: dict(v) for d, v in corpus.items()}
+        self.bm25.index(corpus, show_progress_bar)
+        if self.dense is not None:
+            self.dense.index(corpus, show_progress_bar)
+        return self
+
+    def _depths(self, top_k: int) -> tuple[int, int]:
+        if self.depth is None:
+            return max(top_k, 100), max(top_k, 100)
+        if isinstance(self.depth, int):
+            return self.depth, self.depth
+        return int(self.depth[0]), int(self.depth[1])
+
+    def search(
+        self, queries: Queries, top_k: int = 100, mode: str = "hybrid", show_progress_bar: bool | None = None
+    ) -> Run:
+        """Search with ``mode`` ``"hybrid"`` (fused), ``"bm25"`` or ``"dense"``; rankings by ``(-score, doc_id)``.
+
+        Raises:
+            ValueError: for an unknown mode, or a dense/hybrid search on an index built without a bi-encoder.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: use one of {list(MODES)}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if mode != "bm25" and self.dense is None:
+            raise ValueError(f"mode={mode!r} needs a dense index, but this index has none; use mode='bm25' or re-index")
+        if mode == "bm25":
+            return self.bm25.search(queries, top_k, show_progress_bar)
+        if mode == "dense":
+            return self.dense.search(queries, top_k, show_progress_bar)
+        d_bm25, d_dense = self._depths(top_k)
+        runs = [
+            self.bm25.search(queries, d_bm25, show_progress_bar),
+            self.dense.search(queries, d_dense, show_progress_bar),
+        ]
+        if self.fusion == "rrf":
+            fused = rrf(runs, k=self.rrf_k, weights=self.weights, top_k=top_k)
+        else:
+            fused = weighted_fusion(runs, weights=self.weights, norm=self.norm, top_k=top_k)
+        return {q: fused.get(q, {}) for q in queries}
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Fusion settings (JSON-serialisable)."""
+        depth = list(self.depth) if isinstance(self.depth, tuple) else self.depth
+        return {
+            "fusion": self.fusion, "rrf_k": self.rrf_k, "weights": list(self.weights),
+            "norm": self.norm, "depth": depth,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole index folder atomically: ``corpus.jsonl``, ``bm25/``, ``dense/``, ``config.json``.
+
+        Example:
+            >>> HybridRetriever().index(corpus).save("idx")  # doctest: +SKIP
+        """
+        from rag_rerank import __version__
+        from rag_rerank.retrieval.store import atomic_dir
+
+        corpus = self.corpus
+        with atomic_dir(path) as tmp:
+            save_corpus(tmp / "corpus.jsonl", corpus)
+            self.bm25.write(tmp / "bm25")
+            if self.dense is not None:
+                self.dense.write(tmp / "dense")
+            write_json(tmp / "config.json", {
+                "format": INDEX_FORMAT, "version": 1, "rag_rerank_version": __version__, "n_docs": len(corpus),
+                "bi_encoder": self.dense.model_name if self.dense is not None else None,
+                "bi_encoder_hash": self.dense.fingerprint if self.dense is not None else None,
+                "hybrid": self.config(),
+            })
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, bi_encoder: str | None = None, **overrides: Any) -> HybridRetriever:
+        """Load an index folder written by :meth:`save` (or ``rag-rerank index``).
+
+        Args:
+            path: the index folder.
+            bi_encoder: the bi-encoder you expect; refused (:class:`BiEncoderMismatchError`) when it is not the
+                one the index was built with. ``None`` uses the index's.
+            **overrides: fusion settings (``fusion``, ``rrf_k``, ``weights``, ``norm``, ``depth``) and dense
+                query-time settings (``device``, ``batch_size``, ``ef_search``).
+
+        Raises:
+            DataError: when ``path`` is not an index folder.
+        """
+        folder = Path(path)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise DataError(f"{folder}: not an index folder (no config.json); build one with `rag-rerank index`")
+        cfg = read_json(cfg_path)
+        if cfg.get("format") != INDEX_FORMAT:
+            raise DataError(f"{cfg_path}: not a rag-rerank index (format={cfg.get('format')!r})")
+        fusion_keys = {"fusion", "rrf_k", "weights", "norm", "depth"}
+        dense_keys = {"device", "batch_size", "ef_search"}
+        unknown = set(overrides) - fusion_keys - dense_keys
+        if unknown:
+            raise ValueError(f"HybridRetriever.load: unknown override(s) {sorted(unknown)}")
+        bm25 = BM25Retriever.load(folder / "bm25")
+        dense = None
+        if (folder / "dense").is_dir():
+            dense_over = {k: v for k, v in overrides.items() if k in dense_keys}
+            dense = DenseRetriever.load(folder / "dense", model=bi_encoder, **dense_over)
+        elif bi_encoder is not None:
+            raise DataError(f"{folder}: this index was built without a bi-encoder (BM25 only); drop --bi-encoder")
+        hcfg = {**cfg.get("hybrid", {}), **{k: v for k, v in overrides.items() if k in fusion_keys}}
+        depth = hcfg.get("depth")
+        r = cls(
+            bm25, dense, fusion=hcfg.get("fusion", "rrf"),
+            rrf_k=hcfg.get("rrf_k", 60), weights=tuple(hcfg.get("weights", (1.0, 1.0))),
+            norm=hcfg.get("norm", "minmax"),
+            depth=tuple(depth) if isinstance(depth, list) else depth,
+        )
+        r.dense = dense  # None for a BM25-only index (the constructor would have made a default one)
+        r._corpus_path = folder / "corpus.jsonl"
+        return r
