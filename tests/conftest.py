@@ -80,3 +80,30 @@ def squad_beir() -> Path:
     if not (SQUAD_BEIR / "corpus.jsonl").is_file():
         pytest.skip(f"real data not found at {SQUAD_BEIR}; set RAG_RERANK_SHARED")
     return SQUAD_BEIR
+
+
+@pytest.fixture(scope="session")
+def make_sharp_cross_encoder(tiny_cross_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Factory: the tiny cross-encoder with its head rescaled (logit' = 1000 * (logit - mean logit over `pairs`)).
+
+    The untrained tiny model gives nearly equal scores for every pair (sigmoid spread ~1e-4); a parity
+    check at atol=1e-5 on such scores would pass even for a permuted output. Rescaling spreads them.
+    """
+
+    def make(pairs: list[tuple[str, str]]) -> Path:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tiny_cross_encoder_dir), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(tiny_cross_encoder_dir), local_files_only=True)
+        with torch.no_grad():
+            enc = tok([q for q, _ in pairs], [d for _, d in pairs], padding=True, return_tensors="pt")
+            mean_logit = model(**enc).logits.mean()
+            model.classifier.weight.mul_(1000.0)
+            model.classifier.bias.sub_(mean_logit).mul_(1000.0)
+        out = tmp_path_factory.mktemp("sharp-ce")
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return out
+
+    return make

@@ -1,0 +1,1 @@
+"""Integrations with host frameworks (LlamaIndex), each imported only when used."""

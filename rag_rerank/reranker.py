@@ -1,0 +1,498 @@
+"""Fast cross-encoder inference: length bucketing, long-document windows and a score cache.
+
+``Reranker`` wraps a sentence-transformers ``CrossEncoder`` (loaded through
+:func:`rag_rerank.models.load_cross_encoder`, so ``embedded:*`` names, local folders and hub ids all
+work, with the same clear offline errors) and scores ``(query, document)`` pairs with exactly the
+model's own preprocessing and forward pass. What it adds:
+
+- **length bucketing**: pairs are sorted by token length (longest first, ties by input position) and
+  batched, so each batch pads to a similar length; scores come back in the caller's order;
+- ``torch.inference_mode()``, a configurable torch thread count, and bf16/fp16 autocast on CUDA;
+- **long documents** (query + document longer than ``max_length`` tokens), never handled silently:
+
+  - ``long_documents="window"`` (default): the document is cut into overlapping token windows that
+    each fit next to the query (``window_stride`` tokens apart, half a window by default; windows
+    start on word boundaries), every window is scored, and the document gets the **maximum**
+    window score. :meth:`Reranker.windows` returns the exact window texts, so
+    ``predict([(q, doc)]) == max(predict([(q, w) for w in windows(q, doc)]))``. Cost grows with
+    document length (about ``2 * tokens / window`` forward passes with the default stride);
+  - ``long_documents="truncate"``: the pair is truncated to ``max_length`` like
+    ``CrossEncoder.predict`` does, and one warning per call says how many pairs were cut;
+
+- a bounded LRU **score cache** keyed by (model id and scoring settings, query, sha256 of the
+  document text); ``cache_size=0`` disables it.
+
+Only the ``torch`` backend exists today; ``onnx`` and ``onnx-int8`` land with issue 8 and raise
+:class:`BackendNotAvailableError` until then.
+
+Example:
+    >>> rr = Reranker("embedded:minilm-ce")  # doctest: +SKIP
+    >>> rr.predict([("who wrote it?", "Harper Lee wrote it."), ("who wrote it?", "It rained.")])  # doctest: +SKIP
+    array([0.51, 0.49], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from rag_rerank.errors import RagRerankError
+from rag_rerank.models import load_cross_encoder
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx", "onnx-int8"]
+Activation = Literal["sigmoid", "none"]
+LongDocuments = Literal["window", "truncate"]
+
+MIN_WINDOW_TOKENS = 16  # below this many document tokens per window, windowing is pointless: truncate
+_UNSET_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
+
+
+class BackendNotAvailableError(RagRerankError, NotImplementedError):
+    """The requested inference backend is not implemented (yet)."""
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    """The settings a :class:`Reranker` was built with (``max_length`` is the effective one)."""
+
+    model: str
+    backend: str = "torch"
+    batch_size: int = 32
+    max_length: int | None = None
+    device: str | None = None
+    activation: str = "sigmoid"
+    long_documents: str = "window"
+    window_stride: int | None = None
+    num_threads: int | None = None
+    cache_size: int = 4096
+    autocast: bool = True
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """Score-cache counters, like ``functools.lru_cache``'s ``cache_info()``."""
+
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+class _ScoreCache:
+    """A thread-safe bounded LRU mapping ``key -> score``."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, str]) -> float | None:
+        if self.maxsize <= 0:
+            return None
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple[str, str, str], value: float) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self.hits, self.misses, len(self._data), self.maxsize)
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run with ``num_threads`` torch intra-op threads, restoring the previous count afterwards."""
+    import torch
+
+    if num_threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _doc_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Reranker:
+    """Score ``(query, document)`` pairs with a cross-encoder, fast and with no silent truncation.
+
+    Args:
+        model: ``embedded:minilm-ce``, a local model folder, or a Hugging Face hub id.
+        backend: ``"torch"``. ``"onnx"``/``"onnx-int8"`` raise :class:`BackendNotAvailableError`
+            until issue 8 lands.
+        batch_size: pairs (or document windows) per forward pass.
+        max_length: tokens per pair; ``None`` uses the model's limit (512 for BERT-style models).
+        device: ``cpu``, ``cuda``, ...; ``None`` picks the best available.
+        activation: ``"sigmoid"`` gives scores in (0, 1) (the ``CrossEncoder.predict`` default for
+            one-label models); ``"none"`` gives raw logits.
+        long_documents: ``"window"`` (max over overlapping windows) or ``"truncate"`` (with a
+            warning); see the module docstring.
+        window_stride: tokens between window starts; ``None`` = half a window.
+        num_threads: torch CPU threads while scoring (restored afterwards); ``None`` leaves it.
+        cache_size: score-cache entries (LRU); ``0`` disables the cache.
+        autocast: use bf16 (or fp16) autocast on CUDA; ignored on CPU.
+        trust_remote_code: passed to the model loader.
+
+    Raises:
+        BackendNotAvailableError: for a backend other than ``torch``.
+        ModelUnavailableError: when the model cannot be had (offline, not cached, ...).
+        ValueError: for invalid settings.
+
+    Example:
+        >>> rr = Reranker("embedded:minilm-ce", batch_size=16)  # doctest: +SKIP
+        >>> rr.rank("capital of France?", ["Paris is the capital.", "Bananas."], top_k=1)  # doctest: +SKIP
+        [{'corpus_id': 0, 'score': 0.52, 'text': 'Paris is the capital.'}]
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        backend: Backend | str = "torch",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        device: str | None = None,
+        activation: Activation | str = "sigmoid",
+        long_documents: LongDocuments | str = "window",
+        window_stride: int | None = None,
+        num_threads: int | None = None,
+        cache_size: int = 4096,
+        autocast: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if backend != "torch":
+            raise BackendNotAvailableError(
+                f"backend={backend!r} is not available yet: the ONNX and int8 backends land with issue 8.\n"
+                "Fix: use backend='torch'."
+            )
+        _check_positive("batch_size", batch_size)
+        if max_length is not None:
+            _check_positive("max_length", max_length)
+        if window_stride is not None:
+            _check_positive("window_stride", window_stride)
+        if num_threads is not None:
+            _check_positive("num_threads", num_threads)
+        if activation not in ("sigmoid", "none"):
+            raise ValueError(f"activation={activation!r}; use 'sigmoid' or 'none'")
+        if long_documents not in ("window", "truncate"):
+            raise ValueError(f"long_documents={long_documents!r}; use 'window' or 'truncate'")
+        if cache_size < 0:
+            raise ValueError(f"cache_size={cache_size} must be >= 0 (0 disables the cache)")
+
+        self._ce: CrossEncoder = load_cross_encoder(
+            model, device=device, max_length=max_length, trust_remote_code=trust_remote_code
+        )
+        if self._ce.num_labels != 1:
+            raise RagRerankError(
+                f"model {model!r} has {self._ce.num_labels} output labels; a reranker needs exactly 1 score per pair"
+            )
+        self._tokenizer = self._ce.tokenizer
+        if self._tokenizer is None:
+            raise RagRerankError(f"model {model!r} has no text tokenizer; Reranker supports text cross-encoders only")
+        if long_documents == "window" and not getattr(self._tokenizer, "is_fast", False):
+            raise RagRerankError(
+                f"long_documents='window' needs a fast (Rust) tokenizer to find token offsets, and {model!r} "
+                "has a slow one.\nFix: pass long_documents='truncate' (long pairs are then cut, with a warning)."
+            )
+        effective = self._ce.max_seq_length
+        if effective is None or effective > _UNSET_MAX_LENGTH:
+            positions = getattr(self._ce.model.config, "max_position_embeddings", 512)
+            effective = min(int(positions), 512)
+            self._ce.max_seq_length = effective
+            logger.info("model %s declares no max length; using %d tokens", model, effective)
+        self.max_length: int = int(effective)
+        self.device: str = str(self._ce.device)
+        self.config = RerankerConfig(
+            model=model,
+            backend=backend,
+            batch_size=batch_size,
+            max_length=self.max_length,
+            device=self.device,
+            activation=activation,
+            long_documents=long_documents,
+            window_stride=window_stride,
+            num_threads=num_threads,
+            cache_size=cache_size,
+            autocast=autocast,
+        )
+        self._cache = _ScoreCache(cache_size)
+        # everything that changes a score is part of the cache's model key
+        self._cache_model_key = f"{model}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Reranker(model={c.model!r}, backend={c.backend!r}, device={c.device!r}, max_length={c.max_length}, "
+            f"long_documents={c.long_documents!r}, activation={c.activation!r})"
+        )
+
+    @property
+    def cross_encoder(self) -> CrossEncoder:
+        """The underlying sentence-transformers model (shared, not a copy)."""
+        return self._ce
+
+    # ------------------------------------------------------------------ scoring
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Score each ``(query, document)`` pair; the output follows the input order.
+
+        With documents that fit ``max_length`` this equals ``CrossEncoder.predict`` on the same model
+        (sigmoid activation) or ``CrossEncoder.predict(activation_fn=Identity())`` (``"none"``).
+
+        Args:
+            pairs: ``(query, document)`` string pairs.
+            show_progress_bar: tqdm bar over batches; ``None`` shows it for 10+ batches.
+
+        Returns:
+            ``float32`` array, one score per pair.
+
+        Example:
+            >>> rr.predict([("q", "a document"), ("q", "another")]).shape  # doctest: +SKIP
+            (2,)
+        """
+        checked = _check_pairs(pairs)
+        out = np.empty(len(checked), dtype=np.float32)
+        pending: dict[tuple[str, str, str], list[int]] = {}
+        for i, (q, d) in enumerate(checked):
+            key = (self._cache_model_key, q, _doc_hash(d))
+            if key in pending:
+                pending[key].append(i)
+                continue
+            cached = self._cache.get(key)
+            if cached is not None:
+                out[i] = cached
+            else:
+                pending[key] = [i]
+        if not pending:
+            return out
+        keys = list(pending)
+        todo = [checked[pending[k][0]] for k in keys]
+        scores = self._score(todo, show_progress_bar)
+        for key, score in zip(keys, scores, strict=True):
+            self._cache.put(key, float(score))
+            out[pending[key]] = score
+        return out
+
+    def rank(
+        self,
+        query: str,
+        docs: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = True,
+        show_progress_bar: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rank documents for one query, like ``CrossEncoder.rank``; ties keep input order.
+
+        Args:
+            query: the query.
+            docs: candidate documents.
+            top_k: keep only the best ``top_k`` (``None`` keeps all).
+            return_documents: include each document's ``text``.
+            show_progress_bar: see :meth:`predict`.
+
+        Returns:
+            ``[{"corpus_id": index, "score": float, "text": str}, ...]`` sorted by ``(-score, index)``.
+
+        Example:
+            >>> rr.rank("q", ["doc a", "doc b"], top_k=1)[0]["corpus_id"]  # doctest: +SKIP
+            1
+        """
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k={top_k} must be >= 0 or None")
+        docs = list(docs)
+        scores = self.predict([(query, d) for d in docs], show_progress_bar=show_progress_bar)
+        order = sorted(range(len(docs)), key=lambda i: (-float(scores[i]), i))
+        if top_k is not None:
+            order = order[:top_k]
+        rows: list[dict[str, Any]] = []
+        for i in order:
+            row: dict[str, Any] = {"corpus_id": i, "score": float(scores[i])}
+            if return_documents:
+                row["text"] = docs[i]
+            rows.append(row)
+        return rows
+
+    def windows(self, query: str, document: str) -> list[str]:
+        """The document texts that ``long_documents="window"`` scores for this query.
+
+        ``[document]`` when the pair fits ``max_length`` (or the query leaves fewer than
+        ``MIN_WINDOW_TOKENS`` tokens for the document, in which case the pair is truncated);
+        otherwise overlapping slices of ``document`` that each fit next to the query.
+
+        Example:
+            >>> len(rr.windows("q", "word " * 2000)) > 1  # doctest: +SKIP
+            True
+        """
+        total = self._pair_lengths([(query, document)])[0]
+        if total <= self.max_length:
+            return [document]
+        return self._make_windows(query, document) or [document]
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and size of the score cache."""
+        return self._cache.info()
+
+    def clear_cache(self) -> None:
+        """Empty the score cache and reset its counters."""
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ internals
+    def _pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        if not pairs:
+            return []
+        enc = self._tokenizer(
+            [q for q, _ in pairs], [d for _, d in pairs], add_special_tokens=True, truncation=False, verbose=False
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _make_windows(self, query: str, document: str) -> list[str] | None:
+        """Overlapping document slices that fit next to ``query``; None when the query is too long."""
+        tok = self._tokenizer
+        q_len = len(tok(query, add_special_tokens=False, verbose=False)["input_ids"])
+        budget = self.max_length - tok.num_special_tokens_to_add(pair=True) - q_len
+        if budget < MIN_WINDOW_TOKENS:
+            return None
+        enc = tok(document, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        word_ids = enc.word_ids()
+        n = len(offsets)
+        stride = min(self.config.window_stride or max(1, budget // 2), budget)
+        starts = list(range(0, max(n - budget, 0) + 1, stride))
+        if starts[-1] + budget < n:
+            starts.append(n - budget)
+        spans = []
+        for s in starts:
+            while s > 0 and word_ids[s] is not None and word_ids[s] == word_ids[s - 1]:
+                s -= 1  # start on a word boundary, so no window begins with a '##' piece
+            spans.append((s, min(s + budget, n)))
+        texts = [document[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
+        # re-tokenised slices can differ by a token or two at the edges: shrink until each one fits
+        lengths = self._pair_lengths([(query, t) for t in texts])
+        for j, (s, e) in enumerate(spans):
+            while lengths[j] > self.max_length and e - s > 1:
+                e -= 1
+                texts[j] = document[offsets[s][0] : offsets[e - 1][1]]
+                lengths[j] = self._pair_lengths([(query, texts[j])])[0]
+        return list(dict.fromkeys(texts))  # drop duplicate windows, keep order
+
+    def _score(self, pairs: list[tuple[str, str]], show_progress_bar: bool | None) -> np.ndarray:
+        """Score unique, uncached pairs: expand long ones to windows, bucket by length, forward."""
+        from tqdm.auto import tqdm
+
+        lengths = self._pair_lengths(pairs)
+        units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens)
+        truncated = 0
+        for owner, ((q, d), n_tok) in enumerate(zip(pairs, lengths, strict=True)):
+            if n_tok <= self.max_length:
+                units.append((owner, q, d, n_tok))
+                continue
+            wins = self._make_windows(q, d) if self.config.long_documents == "window" else None
+            if wins is None:
+                truncated += 1
+                units.append((owner, q, d, self.max_length))
+            else:
+                units.extend((owner, q, w, self.max_length) for w in wins)
+        if truncated:
+            why = (
+                "long_documents='truncate'"
+                if self.config.long_documents == "truncate"
+                else f"the query leaves fewer than {MIN_WINDOW_TOKENS} tokens for document windows"
+            )
+            logger.warning(
+                "truncated %d of %d pairs to max_length=%d tokens (%s); scores ignore the cut text. "
+                "Use long_documents='window' or a larger max_length to score all of it.",
+                truncated, len(pairs), self.max_length, why,
+            )
+        order = sorted(range(len(units)), key=lambda u: (-units[u][3], u))
+        bs = self.config.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        unit_scores = np.empty(len(units), dtype=np.float32)
+        disable = len(batches) < 10 if show_progress_bar is None else not show_progress_bar
+        with _torch_threads(self.config.num_threads):
+            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=disable):
+                unit_scores[batch] = self._forward([(units[u][1], units[u][2]) for u in batch])
+        best = np.full(len(pairs), -np.inf, dtype=np.float32)
+        np.maximum.at(best, np.array([u[0] for u in units], dtype=np.int64), unit_scores)
+        return best
+
+    def _forward(self, batch: list[tuple[str, str]]) -> np.ndarray:
+        """One forward pass through the model's own preprocessing; returns activated scores."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        ce = self._ce
+        device = ce.device
+        ce.eval()
+        with torch.inference_mode():
+            features = batch_to_device(ce.preprocess(batch), device)
+            use_autocast = self.config.autocast and device.type == "cuda"
+            dtype = torch.bfloat16 if use_autocast and torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
+                scores = ce(features)["scores"]
+            scores = scores.float()
+            if scores.ndim > 1:
+                scores = scores.squeeze(-1)
+            if self.config.activation == "sigmoid":
+                scores = torch.sigmoid(scores)
+            return scores.cpu().numpy().astype(np.float32)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("pairs must be a sequence of (query, document) tuples, not a string")
+    checked = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or len(pair) != 2:
+            raise ValueError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.80}")
+        q, d = pair
+        if not isinstance(q, str) or not isinstance(d, str):
+            raise TypeError(f"pairs[{i}] must hold two strings, got ({type(q).__name__}, {type(d).__name__})")
+        checked.append((q, d))
+    return checked

@@ -1,0 +1,228 @@
+"""RagRerankPostprocessor: parity with CrossEncoder.predict, LlamaIndex contract, threshold, interpolation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from rag_rerank.integrations.llamaindex import RagRerankPostprocessor
+from rag_rerank.models import load_cross_encoder
+
+QUERY = "which market sells apples on saturday?"
+TEXTS = [
+    "Farmers bring apples and pears to the market square every Saturday morning.",
+    "The river runs north past the old mill.",
+    "The capital city of France hosts a summer festival.",
+    "Cheese and bread are sold at the Saturday market.",
+    "Apples grow in the orchard behind the mill, and the harvest is in autumn.",
+    "A short note.",
+    "The festival in the capital attracts visitors from the whole country every summer, with music and food.",
+]
+
+
+@pytest.fixture(scope="module")
+def sharp_ce_dir(make_sharp_cross_encoder) -> Path:
+    """The tiny cross-encoder with a rescaled head, so orders and score comparisons are meaningful."""
+    return make_sharp_cross_encoder([(QUERY, t) for t in TEXTS])
+
+
+@pytest.fixture(scope="module")
+def pp(sharp_ce_dir: Path) -> RagRerankPostprocessor:
+    return RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ce(sharp_ce_dir: Path) -> Any:
+    return load_cross_encoder(str(sharp_ce_dir), device="cpu")
+
+
+def _nodes(retrieval: list[float | None] | None = None) -> list[NodeWithScore]:
+    retrieval = retrieval or [float(len(TEXTS) - i) for i in range(len(TEXTS))]
+    return [
+        NodeWithScore(
+            node=TextNode(
+                text=t,
+                id_=f"n{i}",
+                metadata={"title": f"doc {i}", "secret": "not for embedding"},
+                excluded_embed_metadata_keys=["secret"],
+            ),
+            score=s,
+        )
+        for i, (t, s) in enumerate(zip(TEXTS, retrieval, strict=False))
+    ]
+
+
+def _expected(ce: Any, nodes: list[NodeWithScore], query: str = QUERY) -> np.ndarray:
+    """Direct CrossEncoder.predict on the nodes' EMBED content (what the built-in rerankers score)."""
+    pairs = [(query, n.node.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes]
+    return ce.predict(pairs, show_progress_bar=False)
+
+
+def _ids(nodes: list[NodeWithScore]) -> list[str]:
+    return [n.node.node_id for n in nodes]
+
+
+def test_order_and_scores_equal_cross_encoder_predict(pp: RagRerankPostprocessor, ce: Any) -> None:
+    nodes = _nodes()
+    expected = _expected(ce, nodes)
+    assert np.ptp(expected) > 1e-3
+    out = pp.postprocess_nodes(nodes, query_str=QUERY)
+    order = sorted(range(len(nodes)), key=lambda i: (-expected[i], i))[:3]
+    assert _ids(out) == [f"n{i}" for i in order]
+    assert np.allclose([n.score for n in out], expected[order], atol=1e-5, rtol=0)
+    # the caller's nodes are untouched
+    assert [n.score for n in nodes] == [n.score for n in _nodes()]
+
+
+def test_empty_and_missing_query(pp: RagRerankPostprocessor) -> None:
+    assert pp.postprocess_nodes([], query_str=QUERY) == []
+    with pytest.raises(ValueError, match="query"):
+        pp.postprocess_nodes(_nodes())
+
+
+def test_async_equals_sync(pp: RagRerankPostprocessor) -> None:
+    sync = pp.postprocess_nodes(_nodes(), query_bundle=QueryBundle(QUERY))
+    async_ = asyncio.run(pp.apostprocess_nodes(_nodes(), query_bundle=QueryBundle(QUERY)))
+    assert _ids(async_) == _ids(sync)
+    assert [n.score for n in async_] == [n.score for n in sync]
+
+
+def test_model_loaded_once_and_reused(sharp_ce_dir: Path) -> None:
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=2, device="cpu")
+    reranker = pp.reranker
+    model = reranker.cross_encoder
+    pp.postprocess_nodes(_nodes(), query_str=QUERY)
+    asyncio.run(pp.apostprocess_nodes(_nodes(), query_str=QUERY))
+    assert pp.reranker is reranker and pp.reranker.cross_encoder is model
+    assert reranker.cache_info().hits == len(TEXTS)  # the second call was served by the same reranker's cache
+
+
+def test_top_n_none_keeps_all_and_zero_keeps_none(sharp_ce_dir: Path) -> None:
+    everything = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu")
+    assert len(everything.postprocess_nodes(_nodes(), query_str=QUERY)) == len(TEXTS)
+    nothing = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=0, device="cpu")
+    assert nothing.postprocess_nodes(_nodes(), query_str=QUERY) == []
+
+
+def test_score_threshold_filters(sharp_ce_dir: Path, ce: Any) -> None:
+    expected = _expected(ce, _nodes())
+    threshold = float(np.median(expected))
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", score_threshold=threshold)
+    out = pp.postprocess_nodes(_nodes(), query_str=QUERY)
+    assert sorted(_ids(out)) == sorted(f"n{i}" for i, s in enumerate(expected) if s >= threshold)
+    assert 0 < len(out) < len(TEXTS)
+
+
+def test_normalize_false_gives_logits(sharp_ce_dir: Path, ce: Any) -> None:
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", normalize=False)
+    out = pp.postprocess_nodes(_nodes(), query_str=QUERY)
+    nodes = _nodes()
+    pairs = [(QUERY, n.node.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes]
+    logits = ce.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    by_id = {n.node.node_id: n.score for n in out}
+    assert np.allclose([by_id[f"n{i}"] for i in range(len(nodes))], logits, atol=1e-4, rtol=0)
+
+
+def test_interpolation_hand_computed(sharp_ce_dir: Path, ce: Any) -> None:
+    retrieval = [3.0, 1.0, None, 2.0, 5.0, 1.0, 4.0]
+    nodes = _nodes(retrieval)
+    rr = _expected(ce, nodes).astype(float)
+    alpha = 0.3
+    rr_norm = (rr - rr.min()) / (rr.max() - rr.min())
+    ret = np.array([1.0 if s is None else s for s in retrieval])  # None counts as the minimum (1.0)
+    ret_norm = (ret - 1.0) / (5.0 - 1.0)
+    final = alpha * rr_norm + (1 - alpha) * ret_norm
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=4, device="cpu", interpolation_alpha=alpha)
+    out = pp.postprocess_nodes(nodes, query_str=QUERY)
+    order = sorted(range(len(nodes)), key=lambda i: (-final[i], i))[:4]
+    assert _ids(out) == [f"n{i}" for i in order]
+    assert np.allclose([n.score for n in out], final[order], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError):
+        RagRerankPostprocessor(model=str(sharp_ce_dir), interpolation_alpha=1.5)
+
+
+def test_keep_retrieval_score_copies_nodes(sharp_ce_dir: Path) -> None:
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", keep_retrieval_score=True)
+    nodes = _nodes()
+    out = pp.postprocess_nodes(nodes, query_str=QUERY)
+    original = {n.node.node_id: n for n in nodes}
+    for n in out:
+        src = original[n.node.node_id]
+        assert n.node.metadata["retrieval_score"] == src.score
+        # the scored / LLM text is unchanged, and the caller's node was not modified
+        assert n.node.get_content(MetadataMode.EMBED) == src.node.get_content(MetadataMode.EMBED)
+        assert n.node.get_content(MetadataMode.LLM) == src.node.get_content(MetadataMode.LLM)
+        assert "retrieval_score" not in src.node.metadata
+
+
+class _Recorder(BaseEventHandler):
+    events: list = []
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        self.events.append(event)
+
+
+def test_instrumentation_events(pp: RagRerankPostprocessor) -> None:
+    root = get_dispatcher()
+    recorder = _Recorder(events=[])
+    root.add_event_handler(recorder)
+    try:
+        out = pp.postprocess_nodes(_nodes(), query_str=QUERY)
+    finally:
+        root.event_handlers.remove(recorder)
+    names = [e.class_name() for e in recorder.events if e.class_name().startswith("ReRank")]
+    assert names == ["ReRankStartEvent", "ReRankEndEvent"]
+    start, end = (e for e in recorder.events if e.class_name().startswith("ReRank"))
+    assert start.top_n == 3 and start.model_name == pp.model and len(start.nodes) == len(TEXTS)
+    assert _ids(end.nodes) == _ids(out)
+
+
+def test_inside_a_query_engine(pp: RagRerankPostprocessor) -> None:
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.core.retrievers import BaseRetriever
+
+    class FixedRetriever(BaseRetriever):
+        def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            return _nodes()
+
+    engine = RetrieverQueryEngine.from_args(FixedRetriever(), llm=MockLLM(), node_postprocessors=[pp])
+    response = engine.query(QUERY)
+    assert _ids(response.source_nodes) == _ids(pp.postprocess_nodes(_nodes(), query_str=QUERY))
+
+
+@pytest.mark.slow
+def test_done_when_12_squad_passages_embedded_minilm_ce(squad_beir: Path) -> None:
+    """Issue 7: for 12 SQuAD passages, top_n=5 returns them in the order of Reranker.predict scores."""
+    from rag_rerank.io import load_beir
+    from rag_rerank.reranker import Reranker
+
+    corpus, queries, qrels = load_beir(squad_beir)
+    qid = sorted(queries)[0]
+    relevant = sorted(qrels[qid])[0]
+    ids = list(corpus)
+    start = ids.index(relevant)
+    passages = ids[start : start + 12]
+    assert len(passages) == 12
+    nodes = [NodeWithScore(node=TextNode(text=corpus[d]["text"], id_=d), score=1.0 / (r + 1)) for r, d in
+             enumerate(passages)]
+
+    pp = RagRerankPostprocessor(model="embedded:minilm-ce", top_n=5, device="cpu")
+    out = pp.postprocess_nodes(nodes, query_str=queries[qid])
+
+    scores = Reranker("embedded:minilm-ce", device="cpu").predict([(queries[qid], corpus[d]["text"]) for d in passages])
+    order = sorted(range(12), key=lambda i: (-scores[i], i))[:5]
+    assert _ids(out) == [passages[i] for i in order]
+    assert np.allclose([n.score for n in out], scores[order], atol=1e-5, rtol=0)
+    ce_scores = load_cross_encoder("embedded:minilm-ce", device="cpu").predict(
+        [(queries[qid], corpus[d]["text"]) for d in passages], show_progress_bar=False
+    )
+    assert np.allclose(scores, ce_scores, atol=1e-5, rtol=0)
