@@ -186,3 +186,22 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
 
 def _with_key(keys: list[str]) -> list[str]:
     return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
+
+
+# The retriever and the query-engine recipe live in their own module; re-exported here for one import path.
+from rag_rerank.integrations.llamaindex_retriever import (  # noqa: E402
+    CitedContextPostprocessor,
+    RagRerankHybridRetriever,
+    build_query_engine,
+    format_answer,
+    open_query_engine,
+)
+
+__all__ = [
+    "CitedContextPostprocessor",
+    "RagRerankHybridRetriever",
+    "RagRerankPostprocessor",
+    "build_query_engine",
+    "format_answer",
+    "open_query_engine",
+]
