@@ -1,19 +1,85 @@
-"""CLI stage(s): generate. Create a synthetic QA dataset from a folder of documents (issue 3)."""
+"""``rag-rerank generate DOCS_DIR --out OUT``: a synthetic QA dataset from a folder of documents (issue 3).
+
+Exit status: 0 when every chunk got questions, 3 when some chunks failed (a rerun retries only
+those), 1 on a user error (one clean line, no traceback).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-
-def _not_built(stage: str) -> None:
-    raise click.ClickException(f"'{stage}' is not built yet in this version of rag-rerank; see the README's roadmap.")
+EXIT_PARTIAL = 3
 
 
-@click.command("generate", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def generate_cmd(args: tuple[str, ...]) -> None:
-    """Create a synthetic QA dataset from a folder of documents (issue 3). (not built yet)"""
-    _not_built("generate")
+@click.command("generate")
+@click.argument("docs_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (BEIR files, hf_dataset/, llamaindex_qa.json, manifest.json).")
+@click.option("--llm", default="embedded", show_default=True,
+              help="'embedded' (SmolLM2 via llama.cpp), 'openai:MODEL', or a .gguf path.")
+@click.option("--base-url", default=None, help="OpenAI-compatible endpoint for openai:MODEL (vLLM, Ollama...).")
+@click.option("--questions-per-chunk", default=2, show_default=True, type=click.IntRange(1, 20))
+@click.option("--concurrency", default=None, type=click.IntRange(1, 256),
+              help="Requests in flight [default: 1 for embedded (reproducible), 8 for remote].")
+@click.option("--prompt-file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="User-message template with {chunk} (and optionally {n}, {title}).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--chunk-tokens", default=256, show_default=True, type=click.IntRange(8, 8192))
+@click.option("--chunk-overlap", default=0, show_default=True, type=click.IntRange(0, 4096))
+@click.option("--tokenizer", default="embedded:minilm-ce", show_default=True,
+              help="Tokenizer that counts chunk tokens (the reranker's).")
+@click.option("--max-chunks", default=None, type=click.IntRange(1), help="Ask for a deterministic subset only.")
+@click.option("--timeout", "request_timeout", default=60.0, show_default=True, type=float,
+              help="Seconds per LLM request.")
+@click.option("--max-retries", default=4, show_default=True, type=click.IntRange(0, 20))
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: when 10+ chunks].")
+def generate_cmd(
+    docs_dir: Path, out_dir: Path, llm: str, base_url: str | None, questions_per_chunk: int,
+    concurrency: int | None, prompt_file: Path | None, seed: int, chunk_tokens: int, chunk_overlap: int,
+    tokenizer: str, max_chunks: int | None, request_timeout: float, max_retries: int, progress: bool | None,
+) -> None:
+    """Create a synthetic QA dataset from DOCS_DIR (.txt, .md, .html, .pdf) into OUT.
+
+    \b
+    Resumable: rerun the same command after a crash; a finished OUT is a no-op.
+    Example:
+      rag-rerank generate sample_docs --out out/qa --max-chunks 20
+    """
+    from rag_rerank.qa_generation import create_qa_dataset
+
+    prompt = prompt_file.read_text(encoding="utf-8") if prompt_file else None
+    s = create_qa_dataset(
+        docs_dir, out_dir, llm=llm, base_url=base_url, questions_per_chunk=questions_per_chunk,
+        concurrency=concurrency, prompt=prompt, seed=seed, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
+        tokenizer=tokenizer, max_chunks=max_chunks, request_timeout=request_timeout, max_retries=max_retries,
+        show_progress_bar=progress,
+    )
+    c = s.counts
+    if s.no_op:
+        click.echo(f"{out_dir}: already complete ({s.n_questions} questions, {s.n_chunks} chunks); nothing to do.")
+        return
+    dropped = ", ".join(f"{k} {v}" for k, v in c.get("dropped_by_reason", {}).items()) or "none"
+    split = ", ".join(f"{k} {v}" for k, v in c.get("per_split", {}).items())
+    click.echo(
+        f"chunks: {s.n_chunks} asked of {c.get('chunks_total')} ({s.n_documents} documents); "
+        f"{c.get('chunks_with_questions')} with questions\n"
+        f"questions: asked {c.get('asked')}, returned {c.get('returned')}, kept {s.n_questions} ({split})\n"
+        f"dropped: {dropped}\n"
+        f"tokens: prompt {s.prompt_tokens}, completion {s.completion_tokens}; "
+        f"requests this run: {s.requests_this_run}; time {s.seconds:.1f}s\n"
+        f"wrote {out_dir}/ (corpus.jsonl, queries.jsonl, qrels/, hf_dataset/, llamaindex_qa.json, manifest.json)"
+    )
+    if s.failed_chunks:
+        first = s.failed_chunks[0]
+        click.echo(
+            f"Partial: {len(s.failed_chunks)} chunk(s) failed (e.g. {first[0]}: {first[1]}); see failed_chunks in "
+            f"{out_dir}/manifest.json. Rerun the same command to retry only those.",
+            err=True,
+        )
+        sys.exit(EXIT_PARTIAL)
 
 
 COMMANDS = [generate_cmd]

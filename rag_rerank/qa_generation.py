@@ -1,0 +1,367 @@
+"""``create_qa_dataset``: synthetic questions per chunk from an LLM, filtered, split by document, resumable.
+
+Flow: load + chunk a folder (:mod:`rag_rerank.documents`) -> ask the LLM for N questions per chunk
+(one request per chunk; concurrent for remote servers) -> append each raw answer to
+``OUT/checkpoint.jsonl`` as it arrives (flush + fsync) -> parse and filter
+(:mod:`rag_rerank.question_filters`) -> split by document -> write BEIR files, a ``DatasetDict``,
+LlamaIndex JSON and ``manifest.json`` atomically (:mod:`rag_rerank.qa_output`).
+
+The checkpoint doubles as the cache: a record is keyed by (LLM model, prompt hash, sampling
+settings, chunk id), so a rerun re-asks nothing it already has, a killed run continues where it
+stopped, and a rerun retries only the failed chunks. Document text is only ever placed inside the
+user message, so it can never change the chat structure.
+
+Example:
+    >>> summary = create_qa_dataset("sample_docs", "out/qa", max_chunks=4)  # doctest: +SKIP
+    >>> summary.n_questions, summary.failed_chunks  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import string
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.documents import DEFAULT_TOKENIZER, chunk_documents, load_documents
+from rag_rerank.errors import LLMError
+from rag_rerank.llm import LLMClient, Message, open_llm, parse_llm_spec
+from rag_rerank.qa_output import (
+    CHECKPOINT,
+    MANIFEST,
+    QADataset,
+    append_record,
+    load_qa_dataset,
+    output_lock,
+    read_checkpoint,
+    write_outputs,
+)
+from rag_rerank.question_filters import FilterConfig, filter_questions, parse_questions
+from rag_rerank.types import Chunk, content_id
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QUESTION_PROMPT", "SYSTEM_PROMPT", "FEW_SHOT", "QADatasetSummary", "build_messages",
+           "create_qa_dataset", "load_qa_dataset", "QADataset"]
+
+SYSTEM_PROMPT = (
+    "You write short, specific questions that a passage answers. Output only the questions, one per line."
+)
+QUESTION_PROMPT = "Passage:\n{chunk}\n\nWrite {n} questions answered by this passage."
+# Worked examples sent as earlier chat turns: a 135M model copies their form (one question a line,
+# named subject, '?'); questions copied from them are dropped by the off-topic filter.
+FEW_SHOT: tuple[tuple[str, str], ...] = (
+    (
+        "The Eiffel Tower was built for the 1889 World's Fair in Paris. It is 330 metres tall and was "
+        "designed by the engineering company of Gustave Eiffel.",
+        "How tall is the Eiffel Tower?\nWhose company designed the Eiffel Tower?",
+    ),
+    (
+        "Photosynthesis in plants takes place mainly in the chloroplasts of leaf cells, where chlorophyll "
+        "absorbs red and blue light to turn carbon dioxide and water into glucose.",
+        "Where in plant cells does photosynthesis take place?\nWhich colours of light does chlorophyll absorb?",
+    ),
+)
+PROMPT_FIELDS = frozenset({"chunk", "n", "title"})
+
+
+@dataclass(frozen=True)
+class QADatasetSummary:
+    """What a :func:`create_qa_dataset` run produced (also in ``manifest.json``)."""
+
+    out_dir: str
+    n_chunks: int
+    n_questions: int
+    n_documents: int
+    counts: dict[str, Any] = field(default_factory=dict)
+    failed_chunks: tuple[tuple[str, str], ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    requests_this_run: int = 0
+    no_op: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when every selected chunk got an answer (no failed chunks)."""
+        return not self.failed_chunks
+
+
+def _check_prompt(prompt: str) -> None:
+    names = {f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None}
+    if "chunk" not in names or names - PROMPT_FIELDS:
+        raise ValueError(
+            f"prompt fields {sorted(names)} are invalid: the prompt must contain {{chunk}} and may use "
+            f"{{n}} and {{title}} only (write literal braces as {{{{ and }}}})"
+        )
+
+
+def build_messages(
+    chunk_text: str, n: int, *, title: str = "", prompt: str = QUESTION_PROMPT,
+    few_shot: Sequence[tuple[str, str]] = FEW_SHOT, system: str = SYSTEM_PROMPT,
+) -> list[Message]:
+    """The chat messages for one chunk. The chunk text only ever lands inside the last user message.
+
+    Example:
+        >>> build_messages("Rome was founded in 753 BC.", 2, few_shot=())[-1]["content"][:14]
+        'Passage:\\nRome '
+    """
+    msgs: list[Message] = [{"role": "system", "content": system}] if system else []
+    for passage, questions in few_shot:
+        msgs.append({"role": "user", "content": prompt.format(chunk=passage, n=n, title="")})
+        msgs.append({"role": "assistant", "content": questions})
+    msgs.append({"role": "user", "content": prompt.format(chunk=chunk_text, n=n, title=title)})
+    return msgs
+
+
+def select_chunks(chunks: Sequence[Chunk], max_chunks: int | None, seed: int) -> list[Chunk]:
+    """A deterministic subset (by seeded hash of the chunk id), kept in document order."""
+    if max_chunks is None or max_chunks >= len(chunks):
+        return list(chunks)
+    if max_chunks < 1:
+        raise ValueError(f"max_chunks={max_chunks} must be >= 1 (or None for all chunks)")
+    chosen = set(sorted((c.id for c in chunks), key=lambda i: content_id(str(seed), i))[:max_chunks])
+    return [c for c in chunks if c.id in chosen]
+
+
+def _ask(
+    llm: LLMClient, chunk: Chunk, n: int, prompt: str, seed: int, rounds: int, sampling: dict[str, Any]
+) -> dict[str, Any]:
+    """Ask for one chunk's questions; re-ask (next seed) when an answer has no usable question."""
+    msgs = build_messages(chunk.text, n, title=chunk.title, prompt=prompt)
+    rec: dict[str, Any] = {"chunk_id": chunk.id, "texts": [], "prompt_tokens": 0, "completion_tokens": 0,
+                           "attempts": 0}
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        try:
+            c = llm.complete(msgs, seed=seed + r, **sampling)
+        except LLMError as e:
+            rec.update(status="failed", reason=str(e).splitlines()[0][:200])
+            break
+        rec["texts"].append(c.text)
+        rec["prompt_tokens"] += c.prompt_tokens
+        rec["completion_tokens"] += c.completion_tokens
+        rec["attempts"] += c.attempts
+        if filter_questions(parse_questions(c.text), chunk.text, limit=n)[0]:
+            rec.update(status="ok")
+            break
+    else:
+        preview = " ".join(rec["texts"][-1].split())[:60] if rec["texts"] else ""
+        rec.update(status="failed", reason=f"no usable question in {rounds} answer(s) (last: {preview!r})")
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+@contextlib.contextmanager
+def _client(llm: str | LLMClient, base_url: str | None, concurrency: int, **settings: Any) -> Iterator[LLMClient]:
+    if isinstance(llm, LLMClient):
+        yield llm
+        return
+    kind, _ = parse_llm_spec(llm)
+    parallel = concurrency if kind == "embedded" else 1
+    if kind == "embedded" and concurrency > 1:
+        logger.warning("embedded LLM with %d slots: generation is no longer reproducible for a seed", parallel)
+    with open_llm(llm, base_url=base_url, parallel=parallel, **settings) as client:
+        yield client
+
+
+def create_qa_dataset(
+    docs_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    llm: str | LLMClient = "embedded",
+    base_url: str | None = None,
+    questions_per_chunk: int = 2,
+    concurrency: int | None = None,
+    prompt: str | None = None,
+    seed: int = 0,
+    chunk_tokens: int = 256,
+    chunk_overlap: int = 0,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    max_chunks: int | None = None,
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    temperature: float = 0.2,
+    max_tokens: int | None = None,
+    request_timeout: float = 60.0,
+    max_retries: int = 4,
+    rounds: int = 2,
+    abort_after_failures: int = 25,
+    filter_config: FilterConfig | None = None,
+    show_progress_bar: bool | None = None,
+) -> QADatasetSummary:
+    """Create a synthetic QA dataset from a folder of documents, resumably.
+
+    Args:
+        docs_dir: folder of .txt/.md/.html/.pdf files (recursive).
+        out_dir: output folder (BEIR files, ``hf_dataset/``, ``llamaindex_qa.json``, ``manifest.json``).
+        llm: ``"embedded"``, ``"openai:MODEL"``, a ``.gguf`` path, or an open :class:`LLMClient`.
+        base_url: OpenAI-compatible endpoint for ``openai:MODEL``.
+        questions_per_chunk: questions asked for (and kept at most) per chunk.
+        concurrency: requests in flight; default 1 for the embedded LLM (reproducible), 8 otherwise.
+        prompt: user-message template with ``{chunk}`` and optionally ``{n}``, ``{title}``
+            (default :data:`QUESTION_PROMPT`).
+        seed: sampling seed sent with every request; also seeds the subset and the split.
+        chunk_tokens / chunk_overlap / tokenizer: chunking (tokens of the reranker's tokenizer).
+        max_chunks: ask for a deterministic subset of this many chunks (demos, CI).
+        split_ratios: train/validation/test shares of the *documents*.
+        temperature / max_tokens / request_timeout / max_retries: LLM request settings; the low default
+            temperature kept the most questions with SmolLM2 (see the README); ``max_tokens`` defaults
+            to ``40 * questions_per_chunk + 40`` (stops runaway repetition).
+        rounds: answers asked per chunk at most, when an answer has no usable question.
+        abort_after_failures: stop asking after this many chunks fail in a row (server down); the
+            rest are listed as failed and retried by the next run.
+        filter_config: question filter bounds.
+        show_progress_bar: tqdm bar; ``None`` shows it when there are 10+ chunks to ask.
+
+    Returns:
+        A :class:`QADatasetSummary`; ``failed_chunks`` lists chunks with no usable question.
+
+    Raises:
+        DataError: no usable documents. RagRerankError: ``out_dir`` is locked by a live run.
+
+    Example:
+        >>> s = create_qa_dataset("docs", "out", llm="openai:gpt-4o-mini", max_chunks=50)  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    prompt = prompt or QUESTION_PROMPT
+    _check_prompt(prompt)
+    if questions_per_chunk < 1:
+        raise ValueError(f"questions_per_chunk={questions_per_chunk} must be >= 1")
+    if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
+        raise ValueError(f"split_ratios={split_ratios} must be 3 non-negative shares with train > 0")
+    out = Path(out_dir)
+    max_tokens = max_tokens or 40 * questions_per_chunk + 40
+    if isinstance(llm, LLMClient):
+        spec, model, url = "client", llm.settings.model, llm.settings.base_url
+    else:
+        kind, model = parse_llm_spec(llm)
+        spec, url = llm, base_url if kind == "openai" else None
+    concurrency = concurrency or (1 if spec != "client" and parse_llm_spec(spec)[0] == "embedded" else 8)
+    prompt_hash = content_id(SYSTEM_PROMPT, prompt, repr(FEW_SHOT), length=16)
+    gen_key = content_id(model, prompt_hash, str(questions_per_chunk), str(seed), str(temperature),
+                         str(max_tokens), str(rounds), length=16)
+    settings = {
+        "questions_per_chunk": questions_per_chunk, "seed": seed, "chunk_tokens": chunk_tokens,
+        "chunk_overlap": chunk_overlap, "tokenizer": tokenizer, "max_chunks": max_chunks,
+        "split_ratios": list(split_ratios), "temperature": temperature, "max_tokens": max_tokens,
+        "request_timeout": request_timeout, "max_retries": max_retries, "rounds": rounds,
+        "concurrency": concurrency, "filter": asdict(filter_config or FilterConfig()),
+    }
+    with output_lock(out):
+        docs, report = load_documents(docs_dir)
+        docs_hash = content_id(*(f"{d.source}\x1e{d.text}" for d in docs), length=32)
+        run_key = content_id(gen_key, docs_hash, repr(sorted(settings.items())), length=32)
+        done = _finished_manifest(out, run_key)
+        if done is not None:
+            logger.info("%s is complete for these inputs and settings; nothing to do", out)
+            return done
+        all_chunks = chunk_documents(docs, tokenizer=tokenizer, chunk_tokens=chunk_tokens,
+                                     chunk_overlap=chunk_overlap, show_progress_bar=show_progress_bar)
+        chunks = select_chunks(all_chunks, max_chunks, seed)
+        records = {r["chunk_id"]: r for r in read_checkpoint(out / CHECKPOINT) if r.get("key") == gen_key}
+        pending = [c for c in chunks if records.get(c.id, {}).get("status") != "ok"]
+        logger.info("%d chunk(s) from %d document(s); %d selected, %d to ask (%d from the checkpoint)",
+                    len(all_chunks), len(docs), len(chunks), len(pending), len(chunks) - len(pending))
+        t_llm = time.perf_counter()
+        if pending:
+            settings_llm = {"seed": seed, "temperature": temperature, "max_tokens": max_tokens,
+                            "timeout": request_timeout, "max_retries": max_retries}
+            disable = len(pending) < 10 if show_progress_bar is None else not show_progress_bar
+            with _client(llm, base_url, concurrency, **settings_llm) as client:
+                bar = tqdm(total=len(pending), desc="generating", unit="chunk", disable=disable)
+                sampling = {"temperature": temperature, "max_tokens": max_tokens}
+                _run_pending(client, pending, records, out, gen_key, questions_per_chunk, prompt, seed, rounds,
+                             sampling, concurrency, abort_after_failures, bar)
+                bar.close()
+        llm_seconds = time.perf_counter() - t_llm
+        summary = write_outputs(
+            out, all_chunks=all_chunks, chunks=chunks, records=records, n=questions_per_chunk, seed=seed,
+            split_ratios=split_ratios, filter_config=filter_config or FilterConfig(),
+            manifest_base={
+                "run_key": run_key,
+                "llm": {"spec": spec, "model": model, "base_url": _safe_url(url)},
+                "prompt": {"hash": prompt_hash, "system": SYSTEM_PROMPT, "user": prompt,
+                           "few_shot": [list(x) for x in FEW_SHOT]},
+                "settings": settings,
+                "inputs": {"docs_dir": str(docs_dir), "documents_sha256": docs_hash,
+                           "files": {d.source: content_id(d.text, length=64) for d in docs},
+                           "load_report": report.as_dict()},
+            },
+            timings={"llm_seconds": round(llm_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3)},
+            requests_this_run=len(pending),
+        )
+    return summary
+
+
+def _run_pending(
+    client: LLMClient, pending: list[Chunk], records: dict[str, dict], out: Path, gen_key: str, n: int,
+    prompt: str, seed: int, rounds: int, sampling: dict[str, Any], concurrency: int, abort_after: int, bar: Any,
+) -> None:
+    """Ask for every pending chunk; checkpoint each result as it arrives; stop early if the server is gone."""
+    streak = 0
+    aborted = False
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="qa") as pool:
+        futures = {pool.submit(_ask, client, c, n, prompt, seed, rounds, sampling): c for c in pending}
+        try:
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                rec = {"key": gen_key, **fut.result()}
+                records[rec["chunk_id"]] = rec
+                append_record(out / CHECKPOINT, rec)
+                bar.update(1)
+                streak = streak + 1 if rec["status"] != "ok" else 0
+                if streak >= abort_after and not aborted:
+                    aborted = True
+                    logger.error("%d chunks failed in a row (last: %s); stopping. Rerun to retry them.",
+                                 streak, rec.get("reason"))
+                    for f in futures:
+                        f.cancel()
+        finally:
+            for f in futures:
+                f.cancel()
+    for fut, c in futures.items():
+        if fut.cancelled() and c.id not in records:
+            records[c.id] = {"key": gen_key, "chunk_id": c.id, "status": "failed", "texts": [],
+                             "reason": f"not attempted: aborted after {abort_after} consecutive failures"}
+
+
+def _safe_url(url: str | None) -> str | None:
+    """An endpoint without credentials or query string, fit for a manifest."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    host = p.hostname or ""
+    netloc = host + (f":{p.port}" if p.port else "")
+    return urlunsplit((p.scheme, netloc, p.path, "", ""))
+
+
+def _finished_manifest(out: Path, run_key: str) -> QADatasetSummary | None:
+    from rag_rerank.io import read_json
+
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        m = read_json(path)
+    except Exception:  # noqa: BLE001 - a damaged manifest just means "rebuild"
+        return None
+    if m.get("run_key") != run_key or m.get("failed_chunks") or m.get("status") != "complete":
+        return None
+    c = m.get("counts", {})
+    return QADatasetSummary(
+        out_dir=str(out), n_chunks=c.get("chunks_selected", 0), n_questions=c.get("kept", 0),
+        n_documents=c.get("documents", 0), counts=c, prompt_tokens=m.get("usage", {}).get("prompt_tokens", 0),
+        completion_tokens=m.get("usage", {}).get("completion_tokens", 0), seconds=0.0, no_op=True,
+    )
+
