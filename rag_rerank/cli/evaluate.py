@@ -1,19 +1,116 @@
-"""CLI stage(s): evaluate. Evaluate first stage vs reranked on a BEIR folder (issue 6)."""
+"""CLI stage: ``evaluate`` compares first stage vs reranked on a BEIR folder and writes a report."""
 
 from __future__ import annotations
 
+import logging
+import re
+import shlex
+import time
+from pathlib import Path
+
 import click
 
-
-def _not_built(stage: str) -> None:
-    raise click.ClickException(f"'{stage}' is not built yet in this version of rag-rerank; see the README's roadmap.")
+logger = logging.getLogger(__name__)
 
 
-@click.command("evaluate", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def evaluate_cmd(args: tuple[str, ...]) -> None:
-    """Evaluate first stage vs reranked on a BEIR folder (issue 6). (not built yet)"""
-    _not_built("evaluate")
+def _default_name(model: str) -> str:
+    """A short system name from a model name or path: ``embedded:minilm-ce`` -> ``minilm-ce``."""
+    base = model.rstrip("/").split(":")[-1].split("/")[-1] or model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base)
+
+
+def _names(models: tuple[str, ...], names: tuple[str, ...]) -> list[str]:
+    if names and len(names) != len(models):
+        raise click.UsageError(f"got {len(names)} --name for {len(models)} --reranker; give one --name per --reranker")
+    out = list(names) if names else [_default_name(m) for m in models]
+    if len(set(out)) != len(out):
+        if names:
+            raise click.UsageError(f"--name values must be distinct, got {out}")
+        out = [f"{n}-{i + 1}" for i, n in enumerate(out)]
+    return out
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command, rebuilt from the parsed options (defaults left out), for the report."""
+    parts = ["rag-rerank", ctx.info_name or "evaluate"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == () or value == param.default or not isinstance(param, click.Option):
+            continue
+        for v in value if param.multiple else [value]:
+            parts += [param.opts[0], str(v)]
+    return shlex.join(parts)
+
+
+@click.command("evaluate")
+@click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv (a generated dataset folder works too).")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Index folder from `rag-rerank index` over the same corpus (default: build one in memory).")
+@click.option("--reranker", "models", multiple=True, help="Cross-encoder name or folder; repeat for several.")
+@click.option("--name", "names", multiple=True, help="System name per --reranker (default: from the model name).")
+@click.option("--top-k-rerank", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Hybrid candidates each reranker reorders.")
+@click.option("--first-stage-depth", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Docs retrieved per query by each first stage.")
+@click.option("--interpolate", type=click.FloatRange(0, 1), default=None,
+              help="Also report ALPHA*z(reranker) + (1-ALPHA)*z(hybrid) for each reranker.")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Evaluate a random sample of N queries.")
+@click.option("--seed", default=0, show_default=True, help="Sampling and bootstrap seed.")
+@click.option("--split", default="test", show_default=True, help="Qrels split: qrels/SPLIT.tsv.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Metric (repeatable); default mrr@10 ndcg@10 recall@10 recall@100 hit@1.")
+@click.option("--n-resamples", default=10000, show_default=True, type=click.IntRange(min=100),
+              help="Bootstrap / randomisation resamples.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Reranker batch size.")
+@click.option("--device", default=None, help="Torch device for the reranker(s).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Report folder: report.md, report.json, metrics.png, gold_rank_hist.png.")
+def evaluate_cmd(
+    beir_dir: Path, index_dir: Path | None, models: tuple[str, ...], names: tuple[str, ...], top_k_rerank: int,
+    first_stage_depth: int, interpolate: float | None, sample: int | None, seed: int, split: str,
+    metrics: tuple[str, ...], n_resamples: int, batch_size: int, device: str | None, out_dir: Path,
+) -> None:
+    """Compare bm25, dense, hybrid and hybrid + each reranker on a BEIR folder's queries.
+
+    \b
+    Every delta vs hybrid gets a paired bootstrap 95% CI and p-value; the hybrid recall@TOP-K-RERANK is
+    shown as the ceiling (positives are never injected into the candidates).
+    Example:
+      rag-rerank evaluate --beir data/squad/beir --index idx/squad \\
+          --reranker models/ce-tuned --name tuned --sample 1000 --seed 0 --out reports/squad
+    """
+    from rag_rerank.io import load_beir
+    from rag_rerank.report import REPORT_METRICS, evaluate_systems, markdown_table, write_report
+
+    start = time.perf_counter()
+    corpus, queries, qrels = load_beir(beir_dir, split=split)
+    system_names = _names(models, names)
+    if index_dir is not None:
+        from rag_rerank.retrieval.store import load_index
+
+        index = load_index(index_dir)
+    else:
+        from rag_rerank.retrieval import HybridRetriever
+
+        logger.info("no --index: building a temporary in-memory hybrid index (BM25 + embedded:minilm) over %d docs "
+                    "of %s; pass --index to reuse one", len(corpus), beir_dir)
+        index = HybridRetriever().index(corpus)
+    result = evaluate_systems(
+        corpus, queries, qrels, index=index, index_dir=index_dir,
+        rerankers=dict(zip(system_names, models, strict=True)), top_k_rerank=top_k_rerank,
+        first_stage_depth=first_stage_depth, interpolate=interpolate, metrics=metrics or REPORT_METRICS,
+        sample=sample, seed=seed, n_resamples=n_resamples, batch_size=batch_size, device=device,
+    )
+    result["settings"]["beir"] = str(beir_dir)
+    result["settings"]["split"] = split
+    result["command"] = _command_line(click.get_current_context())
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    write_report(result, out_dir)
+    click.echo(markdown_table(result))
+    k = top_k_rerank
+    click.echo(f"Ceiling: hybrid recall@{k} = {result['ceiling'][f'recall@{k}']:.4f} ({result['queries']} queries)")
+    click.echo(f"Report written to {out_dir} in {result['wall_s']:.1f}s", err=True)
 
 
 COMMANDS = [evaluate_cmd]
