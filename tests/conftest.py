@@ -63,11 +63,18 @@ def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir:
 @pytest.fixture(scope="session")
 def tiny_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     """A 2-layer, 32-d BERT wrapped as a sentence-transformers bi-encoder (mean pooling, normalised)."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # pragma: no cover - sentence-transformers 5
+        from sentence_transformers import models
 
     raw = _tiny_bert(minilm_dir, tmp_path_factory.mktemp("tiny-bert"), num_labels=None)
     word = models.Transformer(str(raw), max_seq_length=256)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    get_dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    dim = get_dim()
+    pool = models.Pooling(dim, pooling_mode="mean")
     st = SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
     out = tmp_path_factory.mktemp("tiny-bi")
     st.save(str(out))

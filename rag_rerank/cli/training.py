@@ -1,26 +1,128 @@
-"""CLI stage(s): mine train. Mine hard negatives / fine-tune a reranker (issue 5)."""
+"""``rag-rerank mine`` and ``rag-rerank train``: hard negatives from the hybrid first stage, then fine-tuning."""
 
 from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
 
 import click
 
 
-def _not_built(stage: str) -> None:
-    raise click.ClickException(f"'{stage}' is not built yet in this version of rag-rerank; see the README's roadmap.")
+def _mining_options(f):
+    for opt in reversed([
+        click.option("--rank-min", type=int, default=2, show_default=True, help="First hybrid rank mined (1-based)."),
+        click.option("--rank-max", type=int, default=30, show_default=True, help="Last hybrid rank mined."),
+        click.option("--num-negatives", type=int, default=4, show_default=True, help="Hard negatives per question."),
+        click.option("--num-random", type=int, default=1, show_default=True, help="Random negatives per question."),
+        click.option("--relative-margin", type=float, default=0.05, show_default=True,
+                     help="Drop candidates scoring within this fraction of the positive (dense cosine)."),
+        click.option("--neighbors", type=int, default=1, show_default=True,
+                     help="Drop chunks within N positions of the positive in the same document (0: off)."),
+        click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+                     help="A `rag-rerank index` folder over the dataset (default: built into DATASET/index)."),
+        click.option("--bi-encoder", default=None, help="The index's bi-encoder (checked against the index)."),
+        click.option("--max-queries", type=int, default=None, help="Use at most N training questions."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        f = opt(f)
+    return f
 
 
-@click.command("mine", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def mine_cmd(args: tuple[str, ...]) -> None:
-    """Mine hard negatives / fine-tune a reranker (issue 5). (not built yet)"""
-    _not_built("mine")
+def _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margin, neighbors, seed):
+    from rag_rerank.negatives import MiningConfig
+
+    return MiningConfig(
+        rank_min=rank_min, rank_max=rank_max, num_negatives=num_negatives, num_random=num_random,
+        relative_margin=relative_margin if relative_margin > 0 else None,
+        exclude_same_doc_neighbors=neighbors, seed=seed,
+    )
 
 
-@click.command("train", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train_cmd(args: tuple[str, ...]) -> None:
-    """Mine hard negatives / fine-tune a reranker (issue 5). (not built yet)"""
-    _not_built("train")
+@click.command("mine")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Groups JSONL to write.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per row.")
+@_mining_options
+def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negatives, num_random, relative_margin,
+             neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
+    """Mine hard negatives for DATASET_DIR's questions with the hybrid first stage.
+
+    Writes listwise rows {"query", "positive", "negatives"} that `rag-rerank train --groups` reads, and
+    reports how many candidates each false-negative guard removed.
+    """
+    from rag_rerank.finetune import mine_split, open_index, save_mined
+    from rag_rerank.qa_output import load_qa_dataset
+
+    dataset = load_qa_dataset(dataset_dir)
+    index = open_index(dataset, dataset_dir, index_dir, bi_encoder)
+    cfg = _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margin, neighbors, seed)
+    mined = mine_split(dataset, index, split, mining=cfg, group_size=group_size, max_queries=max_queries)
+    n = save_mined(out, mined)
+    click.echo(mined.mining.summary())
+    click.echo(f"wrote {n} groups for {len(mined.queries)} {split} questions to {out}")
+
+
+@click.command("train")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option("--base-model", default=None,
+              help="Cross-encoder to start from: embedded:minilm-ce (offline default), BAAI/bge-reranker-base, a dir. "
+                   "With --target bi-encoder: the bi-encoder (default embedded:minilm).")
+@click.option("--target", type=click.Choice(["reranker", "bi-encoder"]), default="reranker", show_default=True)
+@click.option("--loss", type=click.Choice(["listwise", "bce"]), default="listwise", show_default=True)
+@click.option("--epochs", type=float, default=None, help="Passes over the data (default 2 reranker / 1 bi-encoder).")
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
+@click.option("--lr", type=float, default=None, help="Encoder learning rate.")
+@click.option("--head-lr", type=float, default=None,
+              help="Learning rate of the new classifier head (default 1e-3; use --head-lr 0 to reuse --lr, "
+                   "e.g. for an already trained reranker such as bge-reranker-base).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per group.")
+@click.option("--max-length", type=int, default=None, help="Query + passage tokens (default 256).")
+@click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True)
+@click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
+@_mining_options
+def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr, head_lr, batch_size, group_size,
+              max_length, sanity_gate, resume, rank_min, rank_max, num_negatives, num_random, relative_margin,
+              neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
+    """Fine-tune a reranker (or the bi-encoder) on DATASET_DIR's synthetic questions.
+
+    Mines hard negatives with the hybrid first stage (see `mine`), trains, evaluates on the
+    validation split (realistic: the hybrid top-20, positives not injected) and writes a model
+    directory with a model card. Warns loudly when fine-tuning did not beat the first stage.
+    """
+    from rag_rerank.finetune import finetune
+
+    mining = _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margin, neighbors, seed)
+    command = "rag-rerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    overrides = {k: v for k, v in {
+        "epochs": epochs, "max_steps": max_steps, "learning_rate": lr, "batch_size": batch_size, "seed": seed,
+    }.items() if v is not None}
+    if target == "bi-encoder":
+        path = finetune(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm",
+                        target="bi-encoder", bi_encoder=bi_encoder, mining=mining, max_train_queries=max_queries,
+                        command=command, **overrides)
+        click.echo(f"bi-encoder saved to {path}; rebuild the index with: rag-rerank index {dataset_dir} "
+                   f"--out IDX --bi-encoder {path}")
+        return
+    overrides.update({"loss": loss, "train_group_size": group_size, "sanity_gate": sanity_gate})
+    if max_length is not None:
+        overrides["max_length"] = max_length
+    if head_lr is not None:
+        overrides["head_learning_rate"] = head_lr or None
+    if resume:
+        overrides["resume_from_checkpoint"] = True
+    result = finetune(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm-ce",
+                      bi_encoder=bi_encoder, mining=mining, max_train_queries=max_queries, command=command,
+                      **overrides)
+    click.echo(f"model saved to {result.output_dir} ({result.steps} steps, {result.wall_time_s:.0f}s)")
+    click.echo(f"first stage: {result.first_stage}  before: {result.eval_before}  after: {result.eval_after}")
+    if result.collapsed or result.improved is False:
+        click.secho(f"WARNING: {result.verdict}", fg="red", err=True)
+    else:
+        click.echo(result.verdict)
 
 
 COMMANDS = [mine_cmd, train_cmd]

@@ -1,0 +1,216 @@
+"""Dataset + first stage -> mined negatives -> training rows -> a fine-tuned model.
+
+This is the glue behind ``rag-rerank mine`` and ``rag-rerank train``: it loads a generated dataset,
+retrieves candidates for its questions with the hybrid first stage, mines hard negatives with the
+false-negative guards, builds listwise groups, builds realistic validation samples (the hybrid's
+top-k, positives not injected), and calls :func:`rag_rerank.training.train_reranker` or
+:func:`rag_rerank.training.train_bi_encoder`.
+
+Example:
+    >>> from rag_rerank.finetune import finetune
+    >>> res = finetune("data/qa", "models/reranker", index_dir="idx/qa", max_steps=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.errors import DataError
+from rag_rerank.io import write_jsonl
+from rag_rerank.negatives import MiningConfig, MiningResult, build_groups, mine_hard_negatives
+from rag_rerank.qa_output import QADataset, load_qa_dataset
+from rag_rerank.types import Queries, Run, ranked
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_OFFLINE = "embedded:minilm-ce"
+
+
+@dataclass(frozen=True)
+class MinedSplit:
+    """Mined negatives for one split, with the first-stage run they came from."""
+
+    split: str
+    queries: Queries
+    run: Run
+    mining: MiningResult
+    groups: list[dict[str, Any]]
+
+
+def has_new_head(base_model: str) -> bool:
+    """True when the base's classification head is untrained, so it needs a fast head learning rate.
+
+    ``embedded:minilm-ce`` (a seeded random head) and plain encoders (no ``classifier``/``score``
+    weights in the checkpoint) have a new head; a trained reranker such as ``BAAI/bge-reranker-base``
+    does not, and a 1e-3 head learning rate would damage it.
+    """
+    import re
+
+    if base_model == "embedded:minilm-ce":
+        return True
+    from rag_rerank.models import resolve_model_path
+
+    path = resolve_model_path(base_model, role="cross-encoder")
+    keys: list[str] = []
+    for f in sorted(path.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as st:
+            keys.extend(st.keys())
+    if not keys:
+        for f in sorted(path.glob("pytorch_model*.bin")):
+            import torch
+
+            keys.extend(torch.load(f, map_location="cpu", weights_only=True).keys())
+    return not any(re.search(r"(^|\.)(classifier|score)\.", k) for k in keys)
+
+
+def open_index(dataset: QADataset, dataset_dir: Path, index_dir: str | os.PathLike | None, bi_encoder: str | None):
+    """Load ``index_dir``, or build (once) a hybrid index over the dataset's corpus in ``DATASET/index``.
+
+    Raises:
+        DataError: when the index does not cover the dataset's chunks (built over another corpus).
+    """
+    from rag_rerank.retrieval import build_index, load_index
+
+    if index_dir is None:
+        index_dir = dataset_dir / "index"
+        if not (Path(index_dir) / "config.json").is_file():
+            logger.info("no --index given: building a hybrid index over %s into %s", dataset_dir, index_dir)
+            return build_index(dataset.corpus, index_dir, bi_encoder=bi_encoder or "embedded:minilm")
+    index = load_index(index_dir, bi_encoder=bi_encoder)
+    missing = [c for c in dataset.corpus if c not in index.corpus]
+    if missing:
+        raise DataError(
+            f"index {index_dir} does not contain {len(missing)} of the dataset's {len(dataset.corpus)} chunks "
+            f"(e.g. {missing[0]!r}); it was built over a different corpus. "
+            f"Fix: rag-rerank index {dataset_dir} --out IDX"
+        )
+    return index
+
+
+def mine_split(
+    dataset: QADataset,
+    index: Any,
+    split: str = "train",
+    *,
+    mining: MiningConfig | None = None,
+    group_size: int = 5,
+    max_queries: int | None = None,
+    show_progress_bar: bool | None = None,
+) -> MinedSplit:
+    """Retrieve with the hybrid first stage and mine negatives for the questions of ``split``.
+
+    The rank window and guards come from ``mining``; the relative margin is applied to the dense
+    (cosine) scores, which are comparable across queries, rather than to RRF scores.
+    """
+    mining = mining or MiningConfig()
+    corpus, queries, qrels = dataset.split(split)
+    if max_queries is not None and len(queries) > max_queries:
+        keep = sorted(queries)[:max_queries]  # ids are content hashes: a deterministic, unbiased subset
+        queries = {q: queries[q] for q in keep}
+        qrels = {q: qrels[q] for q in keep}
+    if not queries:
+        raise DataError(f"split {split!r} has no questions; generate more chunks or change the split ratios")
+    depth = max(mining.rank_max, 30)
+    run = index.search(queries, top_k=depth, mode="hybrid", show_progress_bar=show_progress_bar)
+    margin_run = None
+    if mining.relative_margin is not None and getattr(index, "dense", None) is not None:
+        margin_run = index.search(queries, top_k=depth, mode="dense", show_progress_bar=show_progress_bar)
+    meta = {cid: {**dataset.chunks.get(cid, {}), "text": corpus[cid]["text"]} for cid in corpus}
+    result = mine_hard_negatives(run, qrels, meta, mining, margin_scores=margin_run,
+                                 show_progress_bar=show_progress_bar)
+    groups = build_groups(queries, qrels, result.negatives, corpus, group_size=group_size, seed=mining.seed)
+    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups)
+
+
+def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
+                 max_queries: int | None = 200) -> list[dict[str, Any]]:
+    """Realistic reranking samples: each question with the hybrid top-k in order; positives not injected."""
+    corpus, queries, qrels = dataset.split(split)
+    if max_queries is not None and len(queries) > max_queries:
+        queries = {q: queries[q] for q in sorted(queries)[:max_queries]}
+    if not queries:
+        return []
+    run = index.search(queries, top_k=top_k, mode="hybrid")
+    return [
+        {
+            "query": queries[q],
+            "positive": [corpus[d]["text"] for d in qrels[q] if qrels[q][d] > 0],
+            "documents": [corpus[d]["text"] for d, _ in ranked(run.get(q, {}), top_k)],
+        }
+        for q in sorted(queries)
+    ]
+
+
+def save_mined(path: str | os.PathLike, mined: MinedSplit) -> int:
+    """Write the training groups as JSONL (``query``, ``positive``, ``negatives``): the input of ``train``."""
+    return write_jsonl(path, mined.groups)
+
+
+def finetune(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    index_dir: str | os.PathLike | None = None,
+    base_model: str = DEFAULT_BASE_OFFLINE,
+    target: str = "reranker",
+    bi_encoder: str | None = None,
+    mining: MiningConfig | None = None,
+    training: Any = None,
+    max_train_queries: int | None = None,
+    eval_top_k: int = 20,
+    command: str | None = None,
+    show_progress_bar: bool | None = None,
+    **training_overrides: Any,
+) -> Any:
+    """Mine negatives from the hybrid first stage and fine-tune a reranker (or the bi-encoder).
+
+    Args:
+        dataset_dir: a dataset written by ``rag-rerank generate``.
+        output_dir: where the model (and its card) go.
+        index_dir: a ``rag-rerank index`` folder over the same corpus (built into ``DATASET/index`` if None).
+        base_model: the cross-encoder to start from (``embedded:minilm-ce`` offline,
+            ``BAAI/bge-reranker-base`` online) -- or, for ``target="bi-encoder"``, the bi-encoder.
+        target: ``"reranker"`` or ``"bi-encoder"`` (MultipleNegativesRankingLoss with a mined hard negative).
+        bi_encoder: the index's bi-encoder, if not the default.
+        mining: hard-negative settings.
+        training: a :class:`~rag_rerank.training.RerankerTrainingConfig` (or ``BiEncoderTrainingConfig``).
+        max_train_queries: cap on training questions (a deterministic subset).
+        eval_top_k: depth of the realistic validation reranking.
+        **training_overrides: fields of the training config (``max_steps=10``, ``loss="bce"``, ...).
+
+    Returns:
+        :class:`~rag_rerank.training.TrainResult` for a reranker; the model path for a bi-encoder.
+    """
+    from rag_rerank.bi_encoder_training import BiEncoderTrainingConfig, train_bi_encoder
+    from rag_rerank.training import RerankerTrainingConfig, train_reranker
+
+    dataset_dir = Path(dataset_dir)
+    dataset = load_qa_dataset(dataset_dir)
+    index = open_index(dataset, dataset_dir, index_dir, bi_encoder)
+    if target == "bi-encoder":
+        cfg = replace(training or BiEncoderTrainingConfig(), **training_overrides)
+        mined = mine_split(dataset, index, "train", mining=mining, group_size=2, max_queries=max_train_queries,
+                           show_progress_bar=show_progress_bar)
+        return train_bi_encoder(base_model, mined.groups, output_dir=output_dir, config=cfg)
+    if target != "reranker":
+        raise ValueError(f"target={target!r}: use 'reranker' or 'bi-encoder'")
+    if training is None and "head_learning_rate" not in training_overrides and not has_new_head(base_model):
+        training_overrides["head_learning_rate"] = None
+        logger.info("%s has a trained head: one learning rate for all parameters", base_model)
+    cfg = replace(training or RerankerTrainingConfig(), **training_overrides)
+    mined = mine_split(dataset, index, "train", mining=mining, group_size=cfg.train_group_size,
+                       max_queries=max_train_queries, show_progress_bar=show_progress_bar)
+    if not mined.groups:
+        raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
+    samples = eval_samples(dataset, index, "validation", top_k=eval_top_k)
+    if not samples:
+        logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
+    save_mined(Path(output_dir) / "train_groups.jsonl", mined)
+    return train_reranker(base_model, mined.groups, output_dir=output_dir, config=cfg,
+                          eval_samples=samples or None, command=command)

@@ -1,0 +1,407 @@
+"""Reranker (cross-encoder) fine-tuning on sentence-transformers' ``CrossEncoderTrainer``.
+
+The default recipe is the one that learned in the issue-5 probe, where the sentence-transformers defaults
+(pointwise BCE, one learning rate) collapsed to a constant on a new, randomly initialised head:
+
+- ``loss="listwise"``: FlagEmbedding-style grouped softmax cross-entropy over (1 positive + k negatives),
+  implemented by :class:`GroupSoftmaxLoss`. None of sentence-transformers' losses is exactly that:
+  ``MultipleNegativesRankingLoss`` adds in-batch negatives (``num_negatives=0`` crashes in
+  ``torch.multinomial``) and squashes logits through a scaled sigmoid; ``ListNetLoss`` softmaxes the
+  *labels*, so a 1/0 group gives a soft target (0.40 on the positive for k=4), not a one-hot one.
+- ``head_learning_rate=1e-3`` for the classifier/pooler head (``learning_rate_mapping``), 5e-5 for the encoder.
+- a sanity gate (:class:`rag_rerank.evaluators.SanityGateCallback`) that stops a run stuck at the uniform-loss
+  plateau, and a regression guard that compares the result with the first stage and the base model.
+
+Scores: the saved model is a ``num_labels=1`` sequence classifier. ``CrossEncoder(path).predict`` returns
+``sigmoid(logit)``; ``AutoModelForSequenceClassification`` returns the logit. Rankings are identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import TrainerCallback as TrainerCallbackBase
+
+from rag_rerank.errors import DataError, RagRerankError
+from rag_rerank.evaluators import SanityGateCallback, TrainingCollapsedError, constant_bce_loss, verdict_for
+from rag_rerank.model_card import render_model_card, write_model_card
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+
+logger = logging.getLogger(__name__)
+
+HEAD_PARAM_PATTERN = r"(^|\.)(classifier|pooler|score)\."
+"""Parameters matching this regex (BERT ``classifier``/``pooler``, RoBERTa/XLM-R ``classifier.dense`` and
+``classifier.out_proj``, decoder ``score``) get ``head_learning_rate``."""
+
+__all__ = [
+    "GroupSoftmaxLoss",
+    "RerankerTrainingConfig",
+    "TrainResult",
+    "TrainingCollapsedError",
+    "train_reranker",
+]
+
+
+@dataclass(frozen=True)
+class RerankerTrainingConfig:
+    """Settings for :func:`train_reranker`, mapped onto ``CrossEncoderTrainingArguments``.
+
+    Attributes:
+        loss: ``"listwise"`` (grouped softmax CE, the default) or ``"bce"`` (pointwise).
+        epochs: passes over the groups (ignored when ``max_steps`` is set).
+        max_steps: stop after this many optimiser steps (``None``: use ``epochs``).
+        learning_rate: encoder learning rate.
+        head_learning_rate: learning rate of the classifier/pooler head; ``None`` uses ``learning_rate``. Keep
+            it high (1e-3) for a new head (``embedded:minilm-ce``, a plain encoder); set ``None`` when the base
+            is already a trained reranker (``BAAI/bge-reranker-base``), whose head a high rate would damage.
+        warmup_ratio: share of steps with linear warm-up.
+        batch_size: groups per step for ``listwise`` (each is ``train_group_size`` pairs); pairs per step for
+            ``bce``.
+        train_group_size: 1 positive + k negatives per group. Rows with fewer negatives are topped up by
+            resampling theirs (FlagEmbedding does the same); rows with none are dropped.
+        max_length: tokens of query + passage; chunks are 256 tokens by default, shorter is faster.
+        seed: seeds the trainer and the negative sampling.
+        mixed_precision: ``"auto"`` uses bf16 (or fp16) when a CUDA GPU is there, nothing on CPU.
+        gradient_checkpointing: trade compute for memory.
+        eval_steps: evaluate every N steps; ``None``: about 5 times per run.
+        early_stopping_patience: stop after N evaluations without improvement (``None``: off).
+        load_best_model_at_end: keep the best checkpoint by the evaluator's primary metric.
+        resume_from_checkpoint: ``True`` (latest in ``output_dir/checkpoints``) or a checkpoint path.
+        keep_checkpoints: keep ``output_dir/checkpoints`` after a successful run.
+        pos_weight: BCE weight of positives (``None``: 1). A lever against the base-rate collapse.
+        sanity_gate: ``"stop"`` (stop early, mark the result collapsed), ``"raise"`` (also raise
+            :class:`TrainingCollapsedError` after saving), ``"warn"`` (log only) or ``"off"``.
+        sanity_after: the gate checks at the first evaluation after this share of the steps.
+        sanity_min_delta: the gate fires when the validation MRR@10 is below the first stage's plus this
+            (default -0.10: a cross-encoder at par with a strong hybrid is normal and still helps in fusion;
+            one far below it has collapsed).
+        logging_steps: log the training loss every N steps (``None``: about 25 times per run).
+        show_progress_bar: tqdm bars (``None``: when logging is at INFO or below).
+    """
+
+    loss: Literal["listwise", "bce"] = "listwise"
+    epochs: float = 2.0
+    max_steps: int | None = None
+    learning_rate: float = 5e-5
+    head_learning_rate: float | None = 1e-3
+    warmup_ratio: float = 0.1
+    batch_size: int = 8
+    train_group_size: int = 5
+    max_length: int = 256
+    seed: int = 42
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    eval_steps: int | None = None
+    early_stopping_patience: int | None = None
+    load_best_model_at_end: bool = True
+    resume_from_checkpoint: bool | str | None = None
+    keep_checkpoints: bool = False
+    pos_weight: float | None = None
+    sanity_gate: Literal["stop", "raise", "warn", "off"] = "stop"
+    sanity_after: float = 0.5
+    sanity_min_delta: float = -0.10
+    logging_steps: int | None = None
+    show_progress_bar: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("listwise", "bce"):
+            raise ValueError(f"loss={self.loss!r}: use 'listwise' or 'bce'")
+        if self.train_group_size < 2:
+            raise ValueError(f"train_group_size={self.train_group_size}: needs 1 positive + at least 1 negative")
+        if self.sanity_gate not in ("stop", "raise", "warn", "off"):
+            raise ValueError(f"sanity_gate={self.sanity_gate!r}: use 'stop', 'raise', 'warn' or 'off'")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_reranker` did. ``collapsed`` is True when the sanity gate fired."""
+
+    output_dir: Path
+    train_loss: list[tuple[int, float]]
+    first_stage: dict[str, float]
+    eval_before: dict[str, float]
+    eval_after: dict[str, float]
+    steps: int
+    wall_time_s: float
+    collapsed: bool
+    verdict: str
+    improved: bool | None = None
+    data_summary: dict[str, Any] = field(default_factory=dict)
+
+
+class GroupSoftmaxLoss(nn.Module):
+    """Grouped softmax cross-entropy: each query's positive must outscore its own k negatives.
+
+    Inputs are the columns ``(query, positive, negative_1, ..., negative_k)``; all ``B * (1 + k)`` pairs go
+    through the model in one forward pass, the logits are reshaped to ``(B, 1 + k)``, divided by
+    ``temperature`` and scored with cross-entropy against index 0. Its value for a model that scores every
+    pair alike is ``log(1 + k)``, the plateau the sanity gate watches for.
+
+    Example:
+        >>> loss = GroupSoftmaxLoss(model)  # doctest: +SKIP
+        >>> loss([["q"], ["gold"], ["other"]], None)  # doctest: +SKIP
+        tensor(0.6931, grad_fn=...)
+    """
+
+    def __init__(self, model: CrossEncoder, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+        if model.num_labels != 1:
+            raise ValueError(f"GroupSoftmaxLoss needs a model with 1 output label, got {model.num_labels}")
+
+    def forward(
+        self, inputs: list[list[str]], labels: Tensor | None = None, prompt: str | None = None, task: str | None = None
+    ) -> Tensor:
+        from sentence_transformers.util import batch_to_device
+
+        queries, candidates = inputs[0], inputs[1:]
+        if not candidates:
+            raise ValueError("GroupSoftmaxLoss expects columns (query, positive, negative_1, ...)")
+        pairs = [(q, col[b]) for b, q in enumerate(queries) for col in candidates]
+        features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
+        logits = self.model(features)["scores"].view(len(queries), len(candidates)).float() / self.temperature
+        target = torch.zeros(len(queries), dtype=torch.long, device=logits.device)
+        return nn.functional.cross_entropy(logits, target)
+
+    def get_config_dict(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
+
+
+def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) -> tuple[dict[str, list[str]], int]:
+    """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1)."""
+    rng = random.Random(seed)
+    k = group_size - 1
+    cols: dict[str, list[str]] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}}
+    dropped = 0
+    for i, row in enumerate(rows):
+        if "query" not in row or "positive" not in row:
+            raise DataError(f"training row {i} lacks 'query'/'positive'; group rows are "
+                            "{'query', 'positive', 'negatives': [...]} (see rag_rerank.negatives.build_groups)")
+        negs = list(row.get("negatives") or [])
+        if not negs:
+            dropped += 1
+            continue
+        picked = rng.sample(negs, k) if len(negs) >= k else negs + rng.choices(negs, k=k - len(negs))
+        cols["query"].append(row["query"])
+        cols["positive"].append(row["positive"])
+        for j, n in enumerate(picked):
+            cols[f"negative_{j + 1}"].append(n)
+    return cols, dropped
+
+
+def _pair_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) -> tuple[dict[str, list], int]:
+    """Pointwise ``query, text, label`` columns from pair rows, or from group rows (1 pos + k negs each)."""
+    if rows and "text" in rows[0] and "label" in rows[0]:
+        bad = [i for i, r in enumerate(rows) if not {"query", "text", "label"} <= r.keys()]
+        if bad:
+            raise DataError(f"pair rows {bad[:5]} lack 'query'/'text'/'label'")
+        return {"query": [r["query"] for r in rows], "text": [r["text"] for r in rows],
+                "label": [float(r["label"]) for r in rows]}, 0
+    groups, dropped = _group_columns(rows, group_size, seed)
+    out: dict[str, list] = {"query": [], "text": [], "label": []}
+    negs = [c for c in groups if c.startswith("negative_")]
+    for b, q in enumerate(groups["query"]):
+        for col, lab in [("positive", 1.0)] + [(c, 0.0) for c in negs]:
+            out["query"].append(q)
+            out["text"].append(groups[col][b])
+            out["label"].append(lab)
+    return out, dropped
+
+
+def _precision(mode: str) -> dict[str, bool]:
+    if mode == "no" or not torch.cuda.is_available():
+        return {}
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True}
+    return {"fp16": True}
+
+
+def _checkpointing(enabled: bool, args_cls: type) -> dict[str, bool]:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing``; pass what exists."""
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
+
+
+def train_reranker(
+    base_model: str,
+    train_groups: Sequence[dict[str, Any]],
+    *,
+    output_dir: str | Path,
+    config: RerankerTrainingConfig | None = None,
+    eval_samples: Sequence[dict[str, Any]] | None = None,
+    evaluator: BaseEvaluator | None = None,
+    callbacks: Sequence[TrainerCallbackBase] | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Fine-tune a cross-encoder on group rows and save it, with a model card, to ``output_dir``.
+
+    Args:
+        base_model: ``embedded:minilm-ce``, a local directory or a hub id (resolved by
+            :func:`rag_rerank.models.load_cross_encoder`; offline errors say what to do).
+        train_groups: ``{"query", "positive", "negatives": [...]}`` rows (``rag_rerank.negatives.build_groups``);
+            for ``loss="bce"`` also ``{"query", "text", "label"}`` pair rows.
+        output_dir: the model directory (checkpoints go to ``output_dir/checkpoints``).
+        config: training settings (defaults: :class:`RerankerTrainingConfig`).
+        eval_samples: validation samples ``{"query", "positive": [...], "documents": [first-stage top-k]}``;
+            builds a :class:`rag_rerank.evaluators.RerankingEvaluator` (realistic mode) named ``val``.
+        evaluator: any sentence-transformers evaluator instead of ``eval_samples``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+        command: the command line recorded in the model card (default: ``sys.argv``).
+
+    Returns:
+        A :class:`TrainResult`; read its ``verdict`` and ``collapsed``.
+
+    Raises:
+        TrainingCollapsedError: only with ``sanity_gate="raise"``, after the model and card are saved.
+
+    Example:
+        >>> groups = [{"query": "who wrote hamlet", "positive": "Hamlet is by Shakespeare.",
+        ...            "negatives": ["Paris is in France.", "Water boils at 100 C."]}]
+        >>> res = train_reranker("embedded:minilm-ce", groups, output_dir="model")  # doctest: +SKIP
+        >>> res.verdict  # doctest: +SKIP
+    """
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import EarlyStoppingCallback
+
+    from rag_rerank.evaluators import RerankingEvaluator
+    from rag_rerank.models import load_cross_encoder
+
+    cfg = config or RerankerTrainingConfig()
+    out = Path(output_dir)
+    if evaluator is not None and eval_samples is not None:
+        raise ValueError("pass eval_samples or evaluator, not both")
+    if evaluator is None and eval_samples:
+        evaluator = RerankingEvaluator(eval_samples, at_k=10, name="val", show_progress_bar=False)
+    builder = _group_columns if cfg.loss == "listwise" else _pair_columns
+    columns, dropped = builder(list(train_groups), cfg.train_group_size, cfg.seed)
+    if not columns["query"]:
+        raise DataError(f"no usable training rows out of {len(train_groups)} ({dropped} had no negatives); "
+                        "mine negatives first (rag-rerank mine)")
+    if dropped:
+        logger.warning("dropped %d of %d rows with no negatives", dropped, len(train_groups))
+    dataset = Dataset.from_dict(columns)
+    n_rows = len(dataset)
+
+    model = load_cross_encoder(base_model, max_length=cfg.max_length)
+    if model.num_labels != 1:
+        raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
+    if cfg.loss == "listwise":
+        loss: nn.Module = GroupSoftmaxLoss(model)
+        loss_floor = math.log(cfg.train_group_size)
+        floor_name = f"uniform level log({cfg.train_group_size})"
+    else:
+        pw = None if cfg.pos_weight is None else torch.tensor(cfg.pos_weight)
+        loss = BinaryCrossEntropyLoss(model, pos_weight=pw)
+        loss_floor = constant_bce_loss(columns["label"], cfg.pos_weight)
+        floor_name = "base-rate BCE"
+
+    steps_per_epoch = max(1, math.ceil(n_rows / cfg.batch_size))
+    total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    eval_steps = cfg.eval_steps or max(1, total // 5)
+    head_params = [n for n, _ in loss.named_parameters() if re.search(HEAD_PARAM_PATTERN, n)]
+    lr_mapping = {HEAD_PARAM_PATTERN: cfg.head_learning_rate} if cfg.head_learning_rate is not None else {}
+    if lr_mapping and not head_params:
+        logger.warning("no head parameters match %s in %s; using one learning rate", HEAD_PARAM_PATTERN, base_model)
+        lr_mapping = {}
+    show = cfg.show_progress_bar if cfg.show_progress_bar is not None else logger.getEffectiveLevel() <= logging.INFO
+    has_eval = evaluator is not None
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        learning_rate_mapping=lr_mapping,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        save_only_model=False,
+        load_best_model_at_end=bool(has_eval and cfg.load_best_model_at_end),
+        metric_for_best_model=f"eval_{evaluator.primary_metric}" if has_eval else None,
+        greater_is_better=bool(getattr(evaluator, "greater_is_better", True)) if has_eval else None,
+        logging_steps=cfg.logging_steps or max(1, total // 25),
+        report_to="none",
+        disable_tqdm=not show,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **_precision(cfg.mixed_precision),
+        **_checkpointing(cfg.gradient_checkpointing, CrossEncoderTrainingArguments),
+    )
+    gate = SanityGateCallback(
+        loss_floor=loss_floor, floor_name=floor_name, check_after_step=max(1, int(cfg.sanity_after * total)),
+        primary_key=f"eval_{evaluator.primary_metric}" if isinstance(evaluator, RerankingEvaluator) else None,
+        first_stage_key=f"eval_{evaluator.primary_metric.replace('mrr@', 'base_mrr@')}"
+        if isinstance(evaluator, RerankingEvaluator) else None,
+        min_delta=cfg.sanity_min_delta, mode=cfg.sanity_gate, loss_kind=cfg.loss,
+    )
+    cbs: list[Any] = [gate, *(callbacks or [])]
+    if has_eval and cfg.early_stopping_patience:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+
+    first_stage: dict[str, float] = {}
+    eval_before: dict[str, float] = {}
+    if has_eval:
+        if isinstance(evaluator, RerankingEvaluator):
+            first_stage = evaluator.first_stage_metrics()
+        eval_before = {k: v for k, v in evaluator(model).items() if k not in first_stage}
+        gate.before_value = eval_before.get(evaluator.primary_metric)
+    logger.info("training %s on %d rows (%s loss, group %d, %d steps, head lr %s)", base_model, n_rows,
+                cfg.loss, cfg.train_group_size, total, cfg.head_learning_rate)
+    t0 = time.perf_counter()
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                  evaluator=evaluator, callbacks=cbs)
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or None)
+    wall = time.perf_counter() - t0
+    eval_after = {k: v for k, v in evaluator(model).items() if k not in first_stage} if has_eval else {}
+
+    model.save_pretrained(str(out))
+    if (out / "checkpoints" / "eval").is_dir():  # the evaluators' CSVs outlive the checkpoints
+        shutil.copytree(out / "checkpoints" / "eval", out / "eval", dirs_exist_ok=True)
+    if not cfg.keep_checkpoints and not gate.fired:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    improved, verdict = verdict_for(gate, evaluator, first_stage, eval_before, eval_after)
+    (logger.info if improved else logger.warning)("VERDICT: %s", verdict)
+    summary = {"rows": len(train_groups), "used_rows": n_rows, "dropped_no_negatives": dropped,
+               "loss": cfg.loss, "train_group_size": cfg.train_group_size,
+               "eval_queries": len(eval_samples) if eval_samples else None, "head_params": head_params}
+    history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
+    write_model_card(out, render_model_card(
+        base_model=base_model, data_summary=summary, config=cfg, first_stage=first_stage,
+        eval_before=eval_before, eval_after=eval_after, verdict=verdict, train_loss=history,
+        steps=trainer.state.global_step, wall_time_s=wall, command=command,
+    ))
+    result = TrainResult(
+        output_dir=out, train_loss=history, first_stage=first_stage, eval_before=eval_before,
+        eval_after=eval_after, steps=trainer.state.global_step, wall_time_s=wall, collapsed=gate.fired,
+        verdict=verdict, improved=improved, data_summary=summary,
+    )
+    if gate.fired and cfg.sanity_gate == "raise":
+        raise TrainingCollapsedError(f"{gate.message}\n(model and card saved in {out} for inspection)")
+    return result
+

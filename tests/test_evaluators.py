@@ -1,0 +1,169 @@
+"""Evaluators against hand-computed values, the sanity gate's rules, and the MSE CSV through both fit paths."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_rerank.evaluators import (
+    MSEEvaluator,
+    RerankingEvaluator,
+    SanityGateCallback,
+    constant_bce_loss,
+    ndcg_binary,
+    reciprocal_rank,
+)
+
+
+class FixedScorer:
+    """A stand-in *model* (not the unit under test): scores a pair from a lookup table of logits."""
+
+    def __init__(self, table: dict[tuple[str, str], float], default: float = 0.0) -> None:
+        self.table, self.default = table, default
+        self.model_card_data = None
+
+    def predict(self, pairs, **kwargs):  # noqa: ANN001, ANN003
+        return np.array([self.table.get(tuple(p), self.default) for p in pairs], dtype=np.float32)
+
+
+def test_reciprocal_rank_and_ndcg_by_hand() -> None:
+    assert reciprocal_rank([0, 0, 1], k=10) == pytest.approx(1 / 3)
+    assert reciprocal_rank([0, 0, 1], k=2) == 0.0
+    assert reciprocal_rank([], k=10) == 0.0
+    # one relevant at rank 2: DCG = 1/log2(3), IDCG = 1
+    assert ndcg_binary([0, 1], n_relevant=1, k=10) == pytest.approx(1 / math.log2(3))
+    # two relevant, one retrieved at rank 1: DCG = 1, IDCG = 1 + 1/log2(3) (the missed one counts)
+    assert ndcg_binary([1, 0, 0], n_relevant=2, k=10) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert ndcg_binary([0, 0], n_relevant=0, k=10) == 0.0
+
+
+def _samples() -> list[dict]:
+    return [
+        # positive at first-stage rank 3; the model puts it first
+        {"query": "q1", "positive": ["g1"], "documents": ["a", "b", "g1"]},
+        # positive at first-stage rank 1; the model puts it second
+        {"query": "q2", "positive": ["g2"], "documents": ["g2", "c"]},
+        # positive missed by the first stage: scores 0 whatever the model does (not injected)
+        {"query": "q3", "positive": ["g3"], "documents": ["d", "e"]},
+    ]
+
+
+def test_reranking_evaluator_hand_computed() -> None:
+    model = FixedScorer({("q1", "g1"): 5.0, ("q1", "a"): 1.0, ("q1", "b"): 0.0, ("q2", "g2"): 0.0, ("q2", "c"): 2.0,
+                         ("q3", "d"): 1.0, ("q3", "e"): 0.5})
+    ev = RerankingEvaluator(_samples(), at_k=10, name="val", write_csv=False)
+    m = ev(model)
+    assert m["val_mrr@10"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert m["val_base_mrr@10"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert m["val_ndcg@10"] == pytest.approx((1 + 1 / math.log2(3) + 0) / 3)
+    assert m["val_base_ndcg@10"] == pytest.approx((1 / math.log2(4) + 1 + 0) / 3)
+    assert m["val_base_recall@3"] == pytest.approx(2 / 3)
+    assert ev.primary_metric == "val_mrr@10" and ev.greater_is_better
+
+
+def test_reranking_evaluator_ties_keep_first_stage_order_and_cutoff() -> None:
+    # all scores equal: the reranked order is the input order, so reranked == first stage
+    ev = RerankingEvaluator(_samples(), at_k=2, write_csv=False)
+    m = ev(FixedScorer({}, default=0.0))
+    assert m["mrr@2"] == pytest.approx(m["base_mrr@2"]) == pytest.approx((0 + 1 + 0) / 3)
+
+
+def test_reranking_evaluator_rejects_bad_samples() -> None:
+    with pytest.raises(ValueError, match="documents"):
+        RerankingEvaluator([{"query": "q", "positive": ["p"]}])
+    with pytest.raises(ValueError, match="no samples"):
+        RerankingEvaluator([])
+
+
+def test_reranking_evaluator_csv(tmp_path: Path) -> None:
+    ev = RerankingEvaluator(_samples(), name="v")
+    ev(FixedScorer({}), output_path=str(tmp_path), epoch=1, steps=5)
+    ev(FixedScorer({}), output_path=str(tmp_path), epoch=2, steps=10)
+    rows = list(csv.reader((tmp_path / "reranking_evaluation_v_results@10.csv").open()))
+    assert rows[0][:3] == ["epoch", "steps", "MRR@10"] and len(rows) == 3 and rows[2][:2] == ["2", "10"]
+
+
+def test_mse_evaluator_hand_computed_and_csv(tmp_path: Path) -> None:
+    pairs = [("a", "b"), ("c", "d")]
+    model = FixedScorer({("a", "b"): 0.0, ("c", "d"): math.log(3)})  # sigmoid -> 0.5, 0.75
+    ev = MSEEvaluator(pairs, [1.0, 0.25], name="sts")
+    res = ev(model, output_path=str(tmp_path), epoch=0, steps=7)
+    expected = ((0.5 - 1.0) ** 2 + (0.75 - 0.25) ** 2) / 2
+    assert res == {"sts_mse": pytest.approx(expected)}
+    assert ev.primary_metric == "sts_mse" and ev.greater_is_better is False
+    ev(model, output_path=str(tmp_path), epoch=1, steps=14)
+    rows = list(csv.reader((tmp_path / "mse_evaluation_sts_results.csv").open()))
+    assert rows[0] == ["epoch", "steps", "mse"]
+    assert [r[:2] for r in rows[1:]] == [["0", "7"], ["1", "14"]]
+    assert float(rows[1][2]) == pytest.approx(expected)
+
+
+def test_mse_evaluator_validates() -> None:
+    with pytest.raises(ValueError, match="1 labels"):
+        MSEEvaluator([("a", "b"), ("c", "d")], [1.0])
+
+
+def test_constant_bce_loss_is_the_base_rate_entropy() -> None:
+    p = 0.2
+    assert constant_bce_loss([1, 0, 0, 0, 0]) == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+    # pos_weight 4 balances 1:4, so the best constant is 0.5 and the loss is 4*0.2*ln2 + 0.8*ln2
+    assert constant_bce_loss([1, 0, 0, 0, 0], pos_weight=4.0) == pytest.approx(1.6 * math.log(2))
+
+
+class _State:
+    def __init__(self, step: int) -> None:
+        self.global_step = step
+
+
+class _Control:
+    should_training_stop = False
+
+
+def _gate(**kw) -> SanityGateCallback:  # noqa: ANN003
+    base = dict(loss_floor=math.log(5), floor_name="log(5)", check_after_step=10, primary_key="eval_mrr",
+                first_stage_key="eval_base_mrr", min_delta=-0.1, mode="stop")
+    return SanityGateCallback(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("losses", "mrr", "fires"),
+    [
+        ([1.60, 1.61, 1.60], 0.20, True),   # plateau and far below the first stage: the probe's collapse
+        ([1.60, 1.61, 1.60], 0.70, True),   # plateau, not above the first stage (0.75)
+        ([0.90, 0.60, 0.40], 0.60, True),   # learning, but far below the first stage
+        ([0.90, 0.60, 0.40], 0.72, False),  # learning, near the first stage: fusion will still help
+        ([1.60, 1.61, 1.60], 0.80, False),  # plateau level but ranks above the first stage (small logit scale)
+    ],
+)
+def test_sanity_gate_rules(losses: list[float], mrr: float, fires: bool) -> None:
+    gate, control = _gate(), _Control()
+    for step, loss in zip([6, 8, 10], losses, strict=True):
+        gate.on_log(None, _State(step), control, logs={"loss": loss})
+    gate.on_evaluate(None, _State(4), control, metrics={"eval_mrr": 0.0, "eval_base_mrr": 0.75})  # too early
+    assert not gate.checked
+    gate.on_evaluate(None, _State(10), control, metrics={"eval_mrr": mrr, "eval_base_mrr": 0.75})
+    assert gate.fired is fires and control.should_training_stop is fires
+    if fires:
+        assert "head_learning_rate" in gate.message and "listwise" in gate.message
+
+
+def test_sanity_gate_warn_and_off_do_not_stop() -> None:
+    for mode, fired in (("warn", True), ("off", False)):
+        gate, control = _gate(mode=mode, primary_key=None, first_stage_key=None), _Control()
+        gate.on_log(None, _State(10), control, logs={"loss": 1.61})
+        gate.on_step_end(None, _State(10), control)
+        assert gate.fired is fired and not control.should_training_stop
+
+
+def test_sanity_gate_plateau_fires_when_ranking_did_not_move_from_its_start() -> None:
+    """A random model can beat a weak first stage by chance; at the plateau it must also beat its start."""
+    gate, control = _gate(), _Control()
+    gate.before_value = 0.80
+    for step in (6, 8, 10):
+        gate.on_log(None, _State(step), control, logs={"loss": 1.61})
+    gate.on_evaluate(None, _State(10), control, metrics={"eval_mrr": 0.80, "eval_base_mrr": 0.75})
+    assert gate.fired and "sits at" in gate.message

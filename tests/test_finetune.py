@@ -1,0 +1,107 @@
+"""generate -> index -> mine -> train through the CLI, on a stub LLM and tiny models (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rag_rerank.cli import main
+from rag_rerank.qa_generation import create_qa_dataset, load_qa_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import SAMPLE_DOCS  # noqa: E402
+from openai_stub_server import StubOpenAIServer  # noqa: E402
+
+DOCS = ("Geology.md", "Black_Death.txt", "Packet_switching.md", "Construction.md", "Amazon_rainforest.md")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A real generated dataset: 5 documents, questions from the scripted stub server (openai SDK path)."""
+    root = tmp_path_factory.mktemp("ft")
+    docs = root / "docs"
+    docs.mkdir()
+    for name in DOCS:
+        (docs / name).write_text((SAMPLE_DOCS / name).read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    out = root / "data"
+    with StubOpenAIServer() as srv:
+        summary = create_qa_dataset(
+            docs, out, llm="openai:stub", base_url=srv.base_url, chunk_tokens=128, tokenizer=str(minilm_dir),
+            split_ratios=(0.6, 0.2, 0.2), show_progress_bar=False,
+        )
+    assert summary.ok and summary.n_questions > 20
+    return out
+
+
+@pytest.fixture(scope="module")
+def index_dir(dataset: Path, tiny_bi_encoder_dir: Path) -> Path:
+    idx = dataset.parent / "idx"
+    result = CliRunner().invoke(main, ["index", str(dataset), "--out", str(idx), "--bi-encoder",
+                                       str(tiny_bi_encoder_dir)])
+    assert result.exit_code == 0, result.output
+    return idx
+
+
+def test_mine_writes_groups_without_positives(dataset, index_dir, tiny_bi_encoder_dir, tmp_path):
+    out = tmp_path / "groups.jsonl"
+    result = CliRunner().invoke(main, [
+        "mine", str(dataset), "--index", str(index_dir), "--bi-encoder", str(tiny_bi_encoder_dir),
+        "--out", str(out), "--group-size", "4", "--num-negatives", "2", "--num-random", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "removed" in result.output  # the guard report is shown
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ds = load_qa_dataset(dataset)
+    _, queries, _ = ds.split("train")
+    assert len(rows) == len(queries)
+    for row in rows:
+        assert len(row["negatives"]) == 3
+        assert row["positive"] not in row["negatives"]
+        assert len(set(row["negatives"])) == 3
+
+
+def test_train_cli_saves_a_model_that_loads_everywhere(dataset, index_dir, tiny_bi_encoder_dir,
+                                                       tiny_cross_encoder_dir, tmp_path):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, [
+        "train", str(dataset), "--index", str(index_dir), "--bi-encoder", str(tiny_bi_encoder_dir),
+        "--base-model", str(tiny_cross_encoder_dir), "--out", str(out), "--max-steps", "4",
+        "--batch-size", "4", "--group-size", "3", "--max-length", "96", "--sanity-gate", "off",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "model saved to" in result.output
+    card = (out / "README.md").read_text()
+    assert str(tiny_cross_encoder_dir) in card  # the card names the base model
+    scores = CrossEncoder(str(out), device="cpu").predict([("a question", "a passage")], show_progress_bar=False)
+    assert scores.shape == (1,)
+    assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 1
+    assert (out / "train_groups.jsonl").is_file()
+
+
+def test_index_over_another_corpus_is_refused(dataset, tiny_bi_encoder_dir, tmp_path):
+    from rag_rerank.io import write_jsonl
+
+    other = tmp_path / "other.jsonl"
+    write_jsonl(other, [{"_id": "x1", "title": "", "text": "unrelated text"}, {"_id": "x2", "text": "more"}])
+    idx = tmp_path / "other-idx"
+    assert CliRunner().invoke(main, ["index", str(other), "--out", str(idx), "--no-dense"]).exit_code == 0
+    result = CliRunner().invoke(main, ["mine", str(dataset), "--index", str(idx), "--out", str(tmp_path / "g.jsonl")])
+    assert result.exit_code != 0
+    assert "different corpus" in result.output
+
+
+def test_new_head_detection(tiny_cross_encoder_dir, tiny_bi_encoder_dir):
+    from rag_rerank.finetune import has_new_head
+
+    assert has_new_head("embedded:minilm-ce")  # seeded random head
+    assert not has_new_head(str(tiny_cross_encoder_dir))  # a checkpoint with classifier weights
+    # a plain encoder (no classifier weights, e.g. the bi-encoder's BertModel) gets a new head as a cross-encoder
+    assert (tiny_bi_encoder_dir / "model.safetensors").is_file()
+    assert has_new_head(str(tiny_bi_encoder_dir))
