@@ -7,7 +7,6 @@ never leaves a half-written file. Readers name the file and line of any malforme
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import tempfile
@@ -60,6 +59,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg}); fix or delete the file") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start}); fix or delete the file") from e
+    except RecursionError as e:
+        raise DataError(f"{path}: JSON nested too deeply; fix or delete the file") from e
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -72,6 +75,41 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def _lines(path: Path, skip_bad_tail: bool = False) -> Iterator[tuple[int, str, bool]]:
+    """``(line number, text, is_unterminated_last_line)`` per line, decoded as UTF-8 line by line.
+
+    Raises:
+        DataError: naming the file and line of bytes that are not UTF-8 (an unterminated last line
+            just ends the iteration when ``skip_bad_tail``).
+    """
+    raw = path.read_bytes().splitlines(keepends=True)
+    for i, b in enumerate(raw, 1):
+        torn = i == len(raw) and not b.endswith((b"\n", b"\r"))
+        try:
+            line = b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if skip_bad_tail and torn:
+                return
+            raise DataError(f"{path}: line {i}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from e
+        yield i, line, torn
+
+
+def _iter_jsonl_numbered(path: Path, skip_bad_tail: bool) -> Iterator[tuple[int, dict]]:
+    for i, line, torn in _lines(path, skip_bad_tail):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            if skip_bad_tail and torn:
+                return
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise DataError(f"{path}: line {i}: invalid JSON ({why})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {i}: expected a JSON object, got {type(obj).__name__}")
+        yield i, obj
+
+
 def iter_jsonl(path: str | os.PathLike, *, skip_bad_tail: bool = False) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file, skipping blank lines.
 
@@ -81,22 +119,9 @@ def iter_jsonl(path: str | os.PathLike, *, skip_bad_tail: bool = False) -> Itera
             anywhere else is still an error.
 
     Raises:
-        DataError: naming the file and line of a malformed record.
+        DataError: naming the file and line of a malformed record (bad JSON, not an object, not UTF-8).
     """
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if skip_bad_tail and i == len(lines) and not line.endswith("\n"):
-                return
-            raise DataError(f"{path}: line {i}: invalid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: line {i}: expected a JSON object, got {type(obj).__name__}")
+    for _, obj in _iter_jsonl_numbered(Path(path), skip_bad_tail):
         yield obj
 
 
@@ -110,7 +135,7 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     """Load a BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``)."""
     path = Path(path)
     corpus: Corpus = {}
-    for i, rec in enumerate(iter_jsonl(path), 1):
+    for i, rec in _iter_jsonl_numbered(path, False):
         _require(rec, ("_id", "text"), path, i)
         corpus[str(rec["_id"])] = {"title": str(rec.get("title") or ""), "text": str(rec["text"])}
     return corpus
@@ -120,7 +145,7 @@ def load_queries(path: str | os.PathLike) -> Queries:
     """Load a BEIR ``queries.jsonl`` (``_id``, ``text``)."""
     path = Path(path)
     queries: Queries = {}
-    for i, rec in enumerate(iter_jsonl(path), 1):
+    for i, rec in _iter_jsonl_numbered(path, False):
         _require(rec, ("_id", "text"), path, i)
         queries[str(rec["_id"])] = str(rec["text"])
     return queries
@@ -130,17 +155,18 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
     """Load a BEIR qrels TSV (``query-id  corpus-id  score``, with or without a header)."""
     path = Path(path)
     qrels: Qrels = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or (i == 1 and row[0] in ("query-id", "query_id", "qid")):
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path}: line {i}: expected 3 tab-separated columns, got {len(row)}")
-            try:
-                rel = int(float(row[2]))
-            except ValueError as e:
-                raise DataError(f"{path}: line {i}: relevance {row[2]!r} is not a number") from e
-            qrels.setdefault(row[0], {})[row[1]] = rel
+    # Split on tabs, unquoted, as save_qrels writes them (csv quoting would merge lines at a stray '"').
+    for i, line, _ in _lines(path):
+        row = line.rstrip("\r\n").split("\t")
+        if not line.strip() or (i == 1 and row[0] in ("query-id", "query_id", "qid")):
+            continue
+        if len(row) < 3:
+            raise DataError(f"{path}: line {i}: expected 3 tab-separated columns, got {len(row)}")
+        try:
+            rel = int(float(row[2]))
+        except (ValueError, OverflowError) as e:
+            raise DataError(f"{path}: line {i}: relevance {row[2]!r} is not a finite number") from e
+        qrels.setdefault(row[0], {})[row[1]] = rel
     return qrels
 
 
@@ -195,15 +221,14 @@ def load_run(path: str | os.PathLike) -> Run:
     """Read a TREC run file into a ``Run``."""
     path = Path(path)
     run: Run = {}
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 5:
-                raise DataError(f"{path}: line {i}: expected 'qid Q0 docid rank score [tag]'")
-            try:
-                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-            except ValueError as e:
-                raise DataError(f"{path}: line {i}: score {parts[4]!r} is not a number") from e
+    for i, line, _ in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise DataError(f"{path}: line {i}: expected 'qid Q0 docid rank score [tag]'")
+        try:
+            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+        except ValueError as e:
+            raise DataError(f"{path}: line {i}: score {parts[4]!r} is not a number") from e
     return run
