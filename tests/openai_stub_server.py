@@ -2,10 +2,11 @@
 
 Each request to ``POST /v1/chat/completions`` takes the next :class:`Action` of the script (then
 the default): an answer, an HTTP error (429, 500...), a stall longer than the client's timeout,
-garbage bytes, or a dropped connection. With ``fault_rate`` it injects seeded random faults. The
-default answer writes two specific questions from the longest words of the passage (the longest
-paragraph of the last user message), so generation can be tested end to end through the real
-``openai`` SDK. Every request body is recorded.
+garbage bytes, or a dropped connection. With ``fault_rate`` it injects seeded random faults,
+counted per kind (``GET /stats``: requests, faults, faults by kind). The default answer writes two
+specific questions from the longest words of the passage (the longest paragraph of the last user
+message), so generation can be tested end to end through the real ``openai`` SDK. Every request
+body is recorded.
 
 Usage in a test::
 
@@ -14,7 +15,8 @@ Usage in a test::
 
 Usage as a process (benchmarks, subprocess tests)::
 
-    python tests/openai_stub_server.py --port 8765 --delay 0.2
+    python tests/openai_stub_server.py --port 8765 --delay 0.2 --fault-rate 0.4 --seed 1
+    curl http://127.0.0.1:8765/stats   # {"requests": ..., "faults": ..., "faults_by_kind": {...}}
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -46,8 +49,8 @@ class Action:
         return Action("text", content=content, delay=delay)
 
     @staticmethod
-    def error(status: int = 500) -> Action:
-        return Action("error", status=status)
+    def error(status: int = 500, message: str = "") -> Action:
+        return Action("error", content=message, status=status)
 
     @staticmethod
     def stall(seconds: float) -> Action:
@@ -80,6 +83,15 @@ def auto_questions(messages: list[dict[str, Any]], n: int = 2) -> str:
     return "Here are the questions:\n" + "\n".join(out)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Ignores clients that vanish mid-request (a killed CLI), instead of printing a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class StubOpenAIServer:
     """A threaded OpenAI-compatible server with scripted answers and faults.
 
@@ -105,6 +117,8 @@ class StubOpenAIServer:
         self.responder = responder or auto_questions
         self.requests: list[dict[str, Any]] = []
         self.faults = 0
+        self.faults_by_kind: dict[str, int] = {}
+        self.authorized = 0
         self._lock = threading.Lock()
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -121,6 +135,12 @@ class StubOpenAIServer:
         with self._lock:
             return len(self.requests)
 
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, injected faults (total and by kind), requests that carried a bearer key."""
+        with self._lock:
+            return {"requests": len(self.requests), "faults": self.faults,
+                    "faults_by_kind": dict(sorted(self.faults_by_kind.items())), "authorized": self.authorized}
+
     def push(self, *actions: Action) -> None:
         with self._lock:
             self._script.extend(actions)
@@ -135,6 +155,8 @@ class StubOpenAIServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
+                if self.path.rstrip("/").endswith("/stats"):
+                    return self._send(200, json.dumps(server.stats()).encode())
                 body = json.dumps({"object": "list", "data": [{"id": "stub", "object": "model"}]}).encode()
                 self._send(200, body)
 
@@ -144,7 +166,7 @@ class StubOpenAIServer:
                     req = json.loads(self.rfile.read(length) or b"{}")
                 except json.JSONDecodeError:
                     req = {}
-                action = server._next(req)
+                action = server._next(req, self.headers.get("Authorization", ""))
                 time.sleep(server.delay + action.delay)
                 if action.kind == "stall":
                     return self._send(500, b'{"error": {"message": "stalled"}}', close=True)
@@ -152,7 +174,8 @@ class StubOpenAIServer:
                     self.close_connection = True
                     return None
                 if action.kind == "error":
-                    body = json.dumps({"error": {"message": f"stub error {action.status}", "type": "stub"}})
+                    msg = action.content or f"stub error {action.status}"
+                    body = json.dumps({"error": {"message": msg, "type": "stub"}})
                     return self._send(action.status, body.encode())
                 if action.kind == "garbage":
                     return self._send(200, b"\x00\xffnot json{{{")
@@ -180,21 +203,25 @@ class StubOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", self._port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="stub-openai", daemon=True)
         self._thread.start()
         return self
 
-    def _next(self, req: dict[str, Any]) -> Action:
+    def _next(self, req: dict[str, Any], auth: str = "") -> Action:
         with self._lock:
             self.requests.append(req)
+            self.authorized += auth.startswith("Bearer ") and len(auth) > len("Bearer ")
             action = self._script.popleft() if self._script else self.default
             if action.kind == "auto" and self.fault_rate and self._rng.random() < self.fault_rate:
                 self.faults += 1
                 action = self._rng.choice(
                     [Action.error(429), Action.error(500), Action.error(503), Action.garbage(), Action.text("")]
                 )
+                kind = f"http_{action.status}" if action.kind == "error" else (
+                    "empty" if action.kind == "text" else action.kind)
+                self.faults_by_kind[kind] = self.faults_by_kind.get(kind, 0) + 1
             return action
 
     def stop(self) -> None:
