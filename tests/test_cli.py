@@ -51,13 +51,21 @@ def test_models_check_hub_id_fails_offline_with_a_short_actionable_message(tmp_p
     assert "BAAI/bge-reranker-base" in err and "embedded:minilm-ce" in err
 
 
-@pytest.mark.parametrize("stage", ["mine", "train", "evaluate"])
-def test_unbuilt_stages_say_so_plainly(stage):
-    result = CliRunner().invoke(main, [stage, "x"])
-    if "not built yet" not in result.output:
-        pytest.skip(f"{stage} is built now")
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mine", "{tmp}", "--out", "{tmp}/g.jsonl"],
+        ["train", "{tmp}", "--out", "{tmp}/m"],
+        ["evaluate", "--beir", "{tmp}", "--out", "{tmp}/r"],
+        ["retrieve", "{tmp}", "--queries", "{tmp}/q.jsonl", "--out", "{tmp}/run.trec"],
+    ],
+)
+def test_stages_reject_a_folder_that_is_not_a_dataset_with_one_clean_line(args, tmp_path):
+    proc = _run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, proc.stderr
 
 
 def test_version():
