@@ -26,6 +26,15 @@ class _Group(click.Group):
             if os.environ.get("RAG_RERANK_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from e
+        except Exception as e:
+            # LLM client failures (openai SDK: timeouts, refused connections, HTTP errors) are environment
+            # problems, not bugs: one line that says what failed and what to try.
+            if type(e).__module__.split(".")[0] != "openai" or os.environ.get("RAG_RERANK_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"the LLM request failed ({type(e).__name__}: {e}); check that the server is up and reachable, "
+                "or retry (slow CPUs may need a longer timeout)"
+            ) from e
         except KeyboardInterrupt:
             click.echo("Interrupted; work done so far is saved (rerun the same command to resume).", err=True)
             sys.exit(130)

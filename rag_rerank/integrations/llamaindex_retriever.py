@@ -219,6 +219,7 @@ def _resolve_llm(
     max_tokens: int,
     context_window: int,
     seed: int | None,
+    timeout: float = 300.0,
 ) -> LLM:
     """An LLM object for ``llm``: returned as is, or an ``OpenAILike`` for ``"embedded"`` / ``"openai:MODEL"``."""
     if isinstance(llm, LLM):
@@ -249,6 +250,7 @@ def _resolve_llm(
         max_tokens=max_tokens,
         temperature=temperature,
         additional_kwargs={} if seed is None else {"seed": seed},
+        timeout=timeout,
         **kwargs,
     )
 
@@ -301,6 +303,7 @@ def build_query_engine(
     context_window: int = 4096,
     seed: int | None = 0,
     device: str | None = None,
+    timeout: float = 300.0,
 ) -> RetrieverQueryEngine:
     """Hybrid retrieval -> reranker -> LLM answer with numbered sources, as a LlamaIndex query engine.
 
@@ -320,6 +323,7 @@ def build_query_engine(
         max_chars_per_source: text per source in the prompt (None keeps all).
         qa_prompt: the answer prompt, with ``{context_str}`` and ``{query_str}``.
         temperature, max_tokens, context_window, seed: LLM settings (for ``llm`` given as a string).
+        timeout: seconds per LLM request (a small CPU model answering over long sources can be slow).
         device: the reranker's device.
 
     Raises:
@@ -332,7 +336,7 @@ def build_query_engine(
     """
     llm_obj = _resolve_llm(
         llm, base_url, api_key,
-        temperature=temperature, max_tokens=max_tokens, context_window=context_window, seed=seed,
+        temperature=temperature, max_tokens=max_tokens, context_window=context_window, seed=seed, timeout=timeout,
     )
     retriever = _resolve_retriever(index, similarity_top_k, mode, bi_encoder)
     rerank = _resolve_reranker(reranker, top_n, device)
