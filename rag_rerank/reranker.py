@@ -22,8 +22,16 @@ model's own preprocessing and forward pass. What it adds:
 - a bounded LRU **score cache** keyed by (model id and scoring settings, query, sha256 of the
   document text); ``cache_size=0`` disables it.
 
-Only the ``torch`` backend exists today; ``onnx`` and ``onnx-int8`` land with issue 8 and raise
-:class:`BackendNotAvailableError` until then.
+Backends (only the forward pass differs; see :mod:`rag_rerank.reranker_backends`):
+
+- ``"torch"``: the sentence-transformers model itself (any device, CUDA autocast);
+- ``"onnx"``: the model exported once to ONNX (cached next to the model, reused), fused and run by
+  onnxruntime on CPU; scores equal torch's to about 1e-6;
+- ``"onnx-int8"``: the same graph with dynamically quantised int8 weights (per channel, head kept
+  fp32): fastest on CPU, scores close to but not equal to fp32 (check the ranking parity on your
+  data, as ``pipelines/bench_rerank.py`` does).
+
+The ONNX backends need ``pip install 'rag-rerank[onnx]'``.
 
 Example:
     >>> rr = Reranker("embedded:minilm-ce")  # doctest: +SKIP
@@ -33,19 +41,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from rag_rerank.errors import RagRerankError
-from rag_rerank.models import load_cross_encoder
+from rag_rerank.models import load_cross_encoder, resolve_model_path
+from rag_rerank.reranker_backends import (
+    BackendNotAvailableError,
+    OnnxBackend,
+    TorchBackend,
+    check_onnx_installed,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -53,15 +66,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 Activation = Literal["sigmoid", "none"]
 LongDocuments = Literal["window", "truncate"]
 
 MIN_WINDOW_TOKENS = 16  # below this many document tokens per window, windowing is pointless: truncate
 _UNSET_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
-
-
-class BackendNotAvailableError(RagRerankError, NotImplementedError):
-    """The requested inference backend is not implemented (yet)."""
 
 
 @dataclass(frozen=True)
@@ -132,22 +142,6 @@ class _ScoreCache:
             return CacheInfo(self.hits, self.misses, len(self._data), self.maxsize)
 
 
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run with ``num_threads`` torch intra-op threads, restoring the previous count afterwards."""
-    import torch
-
-    if num_threads is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _doc_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -157,23 +151,25 @@ class Reranker:
 
     Args:
         model: ``embedded:minilm-ce``, a local model folder, or a Hugging Face hub id.
-        backend: ``"torch"``. ``"onnx"``/``"onnx-int8"`` raise :class:`BackendNotAvailableError`
-            until issue 8 lands.
+        backend: ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU) or ``"onnx-int8"`` (dynamic int8
+            weights, CPU). The ONNX graphs are exported on first use and cached; see the module docstring.
         batch_size: pairs (or document windows) per forward pass.
         max_length: tokens per pair; ``None`` uses the model's limit (512 for BERT-style models).
-        device: ``cpu``, ``cuda``, ...; ``None`` picks the best available.
+        device: ``cpu``, ``cuda``, ...; ``None`` picks the best available (always ``cpu`` for ONNX).
         activation: ``"sigmoid"`` gives scores in (0, 1) (the ``CrossEncoder.predict`` default for
             one-label models); ``"none"`` gives raw logits.
         long_documents: ``"window"`` (max over overlapping windows) or ``"truncate"`` (with a
             warning); see the module docstring.
         window_stride: tokens between window starts; ``None`` = half a window.
-        num_threads: torch CPU threads while scoring (restored afterwards); ``None`` leaves it.
+        num_threads: CPU threads while scoring: torch's (restored afterwards; ``None`` leaves it) or
+            onnxruntime's intra-op pool (``None`` = the cores this process may use).
         cache_size: score-cache entries (LRU); ``0`` disables the cache.
         autocast: use bf16 (or fp16) autocast on CUDA; ignored on CPU.
         trust_remote_code: passed to the model loader.
 
     Raises:
-        BackendNotAvailableError: for a backend other than ``torch``.
+        BackendNotAvailableError: for an unknown backend, or a model the ONNX export cannot handle.
+        ImportError: for ``onnx``/``onnx-int8`` without the ``rag-rerank[onnx]`` extra.
         ModelUnavailableError: when the model cannot be had (offline, not cached, ...).
         ValueError: for invalid settings.
 
@@ -199,11 +195,14 @@ class Reranker:
         autocast: bool = True,
         trust_remote_code: bool = False,
     ) -> None:
-        if backend != "torch":
-            raise BackendNotAvailableError(
-                f"backend={backend!r} is not available yet: the ONNX and int8 backends land with issue 8.\n"
-                "Fix: use backend='torch'."
-            )
+        if backend not in BACKENDS:
+            raise BackendNotAvailableError(f"backend={backend!r} is not available.\nFix: use one of {list(BACKENDS)}.")
+        onnx = backend != "torch"
+        if onnx:
+            check_onnx_installed()
+            if device not in (None, "cpu"):
+                raise ValueError(f"backend={backend!r} runs on CPU (onnxruntime); got device={device!r}. Fix: drop it")
+            device = "cpu"
         _check_positive("batch_size", batch_size)
         if max_length is not None:
             _check_positive("max_length", max_length)
@@ -254,9 +253,19 @@ class Reranker:
             cache_size=cache_size,
             autocast=autocast,
         )
+        if onnx:
+            self._backend: TorchBackend | OnnxBackend = OnnxBackend(
+                self._ce,
+                resolve_model_path(model, role="cross-encoder"),
+                quantize=backend == "onnx-int8",
+                num_threads=num_threads,
+                trust_remote_code=trust_remote_code,
+            )
+        else:
+            self._backend = TorchBackend(self._ce, num_threads=num_threads, autocast=autocast)
         self._cache = _ScoreCache(cache_size)
         # everything that changes a score is part of the cache's model key
-        self._cache_model_key = f"{model}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
+        self._cache_model_key = f"{model}|{backend}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
 
     def __repr__(self) -> str:
         c = self.config
@@ -267,7 +276,7 @@ class Reranker:
 
     @property
     def cross_encoder(self) -> CrossEncoder:
-        """The underlying sentence-transformers model (shared, not a copy)."""
+        """The underlying sentence-transformers model (shared, not a copy; ONNX backends use only its tokenizer)."""
         return self._ce
 
     # ------------------------------------------------------------------ scoring
@@ -450,7 +459,7 @@ class Reranker:
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         unit_scores = np.empty(len(units), dtype=np.float32)
         disable = len(batches) < 10 if show_progress_bar is None else not show_progress_bar
-        with _torch_threads(self.config.num_threads):
+        with self._backend.threads():
             for batch in tqdm(batches, desc="Reranking", unit="batch", disable=disable):
                 unit_scores[batch] = self._forward([(units[u][1], units[u][2]) for u in batch])
         best = np.full(len(pairs), -np.inf, dtype=np.float32)
@@ -458,25 +467,11 @@ class Reranker:
         return best
 
     def _forward(self, batch: list[tuple[str, str]]) -> np.ndarray:
-        """One forward pass through the model's own preprocessing; returns activated scores."""
-        import torch
-        from sentence_transformers.util import batch_to_device
-
-        ce = self._ce
-        device = ce.device
-        ce.eval()
-        with torch.inference_mode():
-            features = batch_to_device(ce.preprocess(batch), device)
-            use_autocast = self.config.autocast and device.type == "cuda"
-            dtype = torch.bfloat16 if use_autocast and torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
-                scores = ce(features)["scores"]
-            scores = scores.float()
-            if scores.ndim > 1:
-                scores = scores.squeeze(-1)
-            if self.config.activation == "sigmoid":
-                scores = torch.sigmoid(scores)
-            return scores.cpu().numpy().astype(np.float32)
+        """Tokenise with the model's own preprocessing, run the backend, apply the activation."""
+        logits = self._backend.logits(self._ce.preprocess(batch))
+        if self.config.activation == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        return logits.astype(np.float32)
 
 
 def _check_positive(name: str, value: int) -> None:

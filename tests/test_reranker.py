@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rag_rerank.errors import ModelUnavailableError, RagRerankError
+from rag_rerank.errors import ModelUnavailableError
 from rag_rerank.models import load_cross_encoder
-from rag_rerank.reranker import BackendNotAvailableError, Reranker
+from rag_rerank.reranker import Reranker
 
 WORDS = (
     "the river runs north past the old mill while the capital city of france hosts a summer festival "
@@ -154,12 +154,6 @@ def test_num_threads_restored(tiny_cross_encoder_dir: Path) -> None:
     rr = Reranker(str(tiny_cross_encoder_dir), device="cpu", num_threads=1)
     rr.predict([("q", "d")])
     assert torch.get_num_threads() == before
-
-
-def test_other_backends_raise_before_loading() -> None:
-    with pytest.raises(BackendNotAvailableError, match="issue 8") as err:
-        Reranker("no/such-model", backend="onnx")
-    assert isinstance(err.value, RagRerankError) and isinstance(err.value, NotImplementedError)
 
 
 @pytest.mark.parametrize(
