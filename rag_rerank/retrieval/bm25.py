@@ -270,18 +270,10 @@ class BM25Retriever:
         Raises:
             DataError: when ``path`` holds no BM25 index.
         """
-        folder = Path(path)
-        if (folder / "bm25" / "config.json").is_file():  # a full index folder
-            folder = folder / "bm25"
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise DataError(f"{folder}: no BM25 index here (config.json missing); build one with `rag-rerank index`")
-        cfg = read_json(cfg_path)
-        if cfg.get("format") != _FORMAT:
-            raise DataError(f"{cfg_path}: not a BM25 index (format={cfg.get('format')!r})")
-        unknown = set(overrides) - {"tokenizer"}
-        if unknown:
-            raise ValueError(f"BM25Retriever.load: cannot override {sorted(unknown)}; rebuild the index instead")
+        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
+
+        folder, cfg = read_index_config(path, fmt=_FORMAT, what="BM25 index", subdir="bm25")
+        reject_unknown_overrides("BM25Retriever.load", overrides, {"tokenizer"})
         r = cls(
             k1=cfg["k1"], b=cfg["b"], epsilon=cfg["epsilon"], include_title=cfg.get("include_title", True),
             tokenizer=overrides.get("tokenizer") or Tokenizer.from_config(cfg["tokenizer"]),

@@ -314,18 +314,12 @@ class DenseRetriever:
             BiEncoderMismatchError: when ``model`` differs from the index's bi-encoder.
             DataError: when ``path`` holds no dense index.
         """
-        folder = Path(path)
-        if (folder / "dense" / "config.json").is_file():  # a full index folder
-            folder = folder / "dense"
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise DataError(f"{folder}: no dense index here (config.json missing); build one with `rag-rerank index`")
-        cfg = read_json(cfg_path)
-        if cfg.get("format") != _FORMAT:
-            raise DataError(f"{cfg_path}: not a dense index (format={cfg.get('format')!r})")
-        unknown = set(overrides) - {"model", "device", "batch_size", "ef_search", "cache_dir"}
-        if unknown:
-            raise ValueError(f"DenseRetriever.load: cannot override {sorted(unknown)}; rebuild the index instead")
+        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
+
+        folder, cfg = read_index_config(path, fmt=_FORMAT, what="dense index", subdir="dense")
+        reject_unknown_overrides(
+            "DenseRetriever.load", overrides, {"model", "device", "batch_size", "ef_search", "cache_dir"}
+        )
         asked = overrides.get("model")
         if asked is not None and str(asked) != cfg["model"] and _fingerprint_or_none(str(asked)) != cfg["model_hash"]:
             raise BiEncoderMismatchError(

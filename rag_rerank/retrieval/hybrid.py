@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rag_rerank.errors import DataError
-from rag_rerank.io import load_corpus, read_json, save_corpus, write_json
+from rag_rerank.io import load_corpus, save_corpus, write_json
 from rag_rerank.retrieval.bm25 import BM25Retriever
 from rag_rerank.retrieval.dense import DenseRetriever
 from rag_rerank.types import Corpus, Queries, Run, ranked
@@ -247,18 +247,15 @@ class HybridRetriever:
         Raises:
             DataError: when ``path`` is not an index folder.
         """
-        folder = Path(path)
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise DataError(f"{folder}: not an index folder (no config.json); build one with `rag-rerank index`")
-        cfg = read_json(cfg_path)
-        if cfg.get("format") != INDEX_FORMAT:
-            raise DataError(f"{cfg_path}: not a rag-rerank index (format={cfg.get('format')!r})")
+        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
+
+        folder, cfg = read_index_config(
+            path, fmt=INDEX_FORMAT, what="rag-rerank index",
+            missing="{folder}: not an index folder (no config.json); build one with `rag-rerank index`",
+        )
         fusion_keys = {"fusion", "rrf_k", "weights", "norm", "depth"}
         dense_keys = {"device", "batch_size", "ef_search"}
-        unknown = set(overrides) - fusion_keys - dense_keys
-        if unknown:
-            raise ValueError(f"HybridRetriever.load: unknown override(s) {sorted(unknown)}")
+        reject_unknown_overrides("HybridRetriever.load", overrides, fusion_keys | dense_keys)
         bm25 = BM25Retriever.load(folder / "bm25")
         dense = None
         if (folder / "dense").is_dir():
