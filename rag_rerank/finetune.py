@@ -117,10 +117,13 @@ def mine_split(
     if not queries:
         raise DataError(f"split {split!r} has no questions; generate more chunks or change the split ratios")
     depth = max(mining.rank_max, 30)
-    run = index.search(queries, top_k=depth, mode="hybrid", show_progress_bar=show_progress_bar)
     margin_run = None
     if mining.relative_margin is not None and getattr(index, "dense", None) is not None:
-        margin_run = index.search(queries, top_k=depth, mode="dense", show_progress_bar=show_progress_bar)
+        # the margin uses dense cosine scores: take them from the same passes the hybrid fuses
+        runs = index.search_all(queries, top_k=depth, show_progress_bar=show_progress_bar)
+        run, margin_run = runs["hybrid"], runs["dense"]
+    else:
+        run = index.search(queries, top_k=depth, mode="hybrid", show_progress_bar=show_progress_bar)
     meta = {cid: {**dataset.chunks.get(cid, {}), "text": corpus[cid]["text"]} for cid in corpus}
     result = mine_hard_negatives(run, qrels, meta, mining, margin_scores=margin_run,
                                  show_progress_bar=show_progress_bar)

@@ -248,12 +248,10 @@ def evaluate_systems(
         raise DataError(f"index {where} is BM25-only (built with --no-dense); evaluate compares against the hybrid "
                         "first stage: rebuild it with `rag-rerank index DIR --out IDX` (no --no-dense)")
     index.dense.model  # noqa: B018 - load (and check) the bi-encoder before timing the searches
-    runs: dict[str, Run] = {}
     timings: dict[str, float] = {}
-    for mode in ("bm25", "dense", "hybrid"):
-        start = time.perf_counter()
-        runs[mode] = index.search(sub_q, top_k=first_stage_depth, mode=mode, show_progress_bar=show_progress_bar)
-        timings[mode] = time.perf_counter() - start
+    runs: dict[str, Run] = index.search_all(
+        sub_q, top_k=first_stage_depth, show_progress_bar=show_progress_bar, timings=timings
+    )
     models: dict[str, str] = {}
     for name, model in rerankers.items():
         rr, models[name] = _load_reranker(model, batch_size, device)

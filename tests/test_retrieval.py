@@ -177,6 +177,17 @@ def test_hybrid_save_load_round_trip_gives_identical_runs(tiny_bi_encoder_dir, t
     assert w == weighted_fusion([h.bm25.search(QUERIES, 4), h.dense.search(QUERIES, 3)], norm="zscore", top_k=5)
 
 
+@pytest.mark.parametrize("fusion,depth", [("rrf", None), ("rrf", 2), ("weighted", 5)])
+def test_search_all_equals_separate_searches(tiny_dense, fusion, depth):
+    """One BM25 and one dense pass give the same three runs as three searches (depth < and > top_k)."""
+    hybrid = HybridRetriever(BM25Retriever().index(CORPUS), tiny_dense, fusion=fusion, depth=depth)
+    timings: dict[str, float] = {}
+    runs = hybrid.search_all(QUERIES, top_k=3, timings=timings)
+    for mode in ("bm25", "dense", "hybrid"):
+        assert runs[mode] == hybrid.search(QUERIES, top_k=3, mode=mode), mode
+    assert set(timings) == {"bm25", "dense", "hybrid"} and timings["hybrid"] >= timings["dense"]
+
+
 def test_load_refuses_a_different_bi_encoder(tiny_bi_encoder_dir, minilm_dir, tmp_path):
     build_index(CORPUS, tmp_path / "idx", bi_encoder=str(tiny_bi_encoder_dir), device="cpu")
     with pytest.raises(BiEncoderMismatchError, match="built with bi-encoder") as e:

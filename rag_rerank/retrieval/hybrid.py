@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -196,11 +197,42 @@ class HybridRetriever:
             self.bm25.search(queries, d_bm25, show_progress_bar),
             self.dense.search(queries, d_dense, show_progress_bar),
         ]
+        return self._fuse(runs, queries, top_k)
+
+    def _fuse(self, runs: list[Run], queries: Queries, top_k: int) -> Run:
         if self.fusion == "rrf":
             fused = rrf(runs, k=self.rrf_k, weights=self.weights, top_k=top_k)
         else:
             fused = weighted_fusion(runs, weights=self.weights, norm=self.norm, top_k=top_k)
         return {q: fused.get(q, {}) for q in queries}
+
+    def search_all(
+        self,
+        queries: Queries,
+        top_k: int = 100,
+        show_progress_bar: bool | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> dict[str, Run]:
+        """The ``bm25``, ``dense`` and ``hybrid`` runs from one BM25 pass and one dense pass.
+
+        Each run equals ``search(queries, top_k, mode)``; the hybrid fuses the same component runs
+        instead of searching (and encoding the queries) again. ``timings``, if given, receives the
+        seconds of each pass, and for ``hybrid`` both passes plus the fusion (what a hybrid search costs).
+        """
+        if self.dense is None:
+            raise ValueError("search_all needs a dense index, but this index has none; use search(mode='bm25')")
+        d_bm25, d_dense = self._depths(top_k)
+        start = time.perf_counter()
+        bm25 = self.bm25.search(queries, max(d_bm25, top_k), show_progress_bar)
+        t_bm25 = time.perf_counter() - start
+        start = time.perf_counter()
+        dense = self.dense.search(queries, max(d_dense, top_k), show_progress_bar)
+        t_dense = time.perf_counter() - start
+        start = time.perf_counter()
+        hybrid = self._fuse([_truncate(bm25, d_bm25), _truncate(dense, d_dense)], queries, top_k)
+        if timings is not None:
+            timings.update(bm25=t_bm25, dense=t_dense, hybrid=t_bm25 + t_dense + time.perf_counter() - start)
+        return {"bm25": _truncate(bm25, top_k), "dense": _truncate(dense, top_k), "hybrid": hybrid}
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -274,3 +306,8 @@ class HybridRetriever:
         r.dense = dense  # None for a BM25-only index (the constructor would have made a default one)
         r._corpus_path = folder / "corpus.jsonl"
         return r
+
+
+def _truncate(run: Run, k: int) -> Run:
+    """Each query's top ``k`` by ``(-score, doc_id)``: equal to searching at depth ``k``."""
+    return {q: dict(ranked(scores, k)) for q, scores in run.items()}
