@@ -77,6 +77,7 @@ def train_bi_encoder(
     )
 
     from rag_rerank.models import load_bi_encoder
+    from rag_rerank.training_guards import NonFiniteLossCallback, TrainingDivergedError, model_bytes, preflight
 
     cfg = config or BiEncoderTrainingConfig()
     rows = list(train_rows)
@@ -98,6 +99,7 @@ def train_bi_encoder(
         if with_neg:
             data.setdefault("negative", []).append(negative(r))
     model = load_bi_encoder(base_model)
+    preflight(output_dir, model_bytes=model_bytes(model), rows=len(rows), keep_checkpoints=0)
     loss = (CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size)
             if cfg.cached else MultipleNegativesRankingLoss(model, scale=cfg.scale))
     show = cfg.show_progress_bar if cfg.show_progress_bar is not None else logger.getEffectiveLevel() <= logging.INFO
@@ -107,10 +109,15 @@ def train_bi_encoder(
             per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
             warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none",
+            logging_nan_inf_filter=False,
             disable_tqdm=not show, dataloader_pin_memory=torch.cuda.is_available(),
             logging_steps=max(1, len(rows) // cfg.batch_size // 10), **_precision(cfg.mixed_precision),
         )
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss).train()
+        nonfinite = NonFiniteLossCallback()
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss,
+                                   callbacks=[nonfinite]).train()
+    if nonfinite.fired:
+        raise TrainingDivergedError(nonfinite.message(f"bi-encoder training of {base_model}"))
     out = Path(output_dir)
     model.save_pretrained(str(out))
     return out

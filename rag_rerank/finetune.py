@@ -131,15 +131,18 @@ def mine_split(
     return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups)
 
 
-def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
-                 max_queries: int | None = 200) -> list[dict[str, Any]]:
-    """Realistic reranking samples: each question with the hybrid top-k in order; positives not injected."""
+def validation_run(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
+                   max_queries: int | None = 200) -> tuple[Queries, Any, Any, Run]:
+    """``(queries, qrels, corpus, hybrid run)`` of up to ``max_queries`` questions of ``split`` (a fixed subset)."""
     corpus, queries, qrels = dataset.split(split)
     if max_queries is not None and len(queries) > max_queries:
         queries = {q: queries[q] for q in sorted(queries)[:max_queries]}
-    if not queries:
-        return []
-    run = index.search(queries, top_k=top_k, mode="hybrid")
+    run = index.search(queries, top_k=top_k, mode="hybrid") if queries else {}
+    return queries, {q: qrels[q] for q in queries}, corpus, run
+
+
+def samples_from_run(queries: Queries, qrels: Any, corpus: Any, run: Run, top_k: int = 20) -> list[dict[str, Any]]:
+    """Realistic reranking samples: each question with the first stage's top-k in order; positives not injected."""
     return [
         {
             "query": queries[q],
@@ -148,6 +151,26 @@ def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_
         }
         for q in sorted(queries)
     ]
+
+
+def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
+                 max_queries: int | None = 200) -> list[dict[str, Any]]:
+    """Realistic reranking samples: each question with the hybrid top-k in order; positives not injected."""
+    return samples_from_run(*validation_run(dataset, index, split, top_k, max_queries), top_k=top_k)
+
+
+def choose_fusion(model_dir: str | os.PathLike, queries: Queries, qrels: Any, corpus: Any, run: Run,
+                  top_k: int = 20, show_progress_bar: bool | None = None) -> Any:
+    """Score the validation candidates with the trained model, choose the fusion alpha and save ``fusion.json``."""
+    from rag_rerank.fusion import choose_alpha, save_fusion
+    from rag_rerank.report import score_candidates
+    from rag_rerank.reranker import Reranker
+
+    heads = score_candidates(run, queries, corpus, Reranker(str(model_dir)), top_k,
+                             show_progress_bar=show_progress_bar)
+    choice = choose_alpha(run, heads, qrels, top_k=top_k)
+    save_fusion(model_dir, choice)
+    return choice
 
 
 def save_mined(path: str | os.PathLike, mined: MinedSplit) -> int:
@@ -167,6 +190,8 @@ def finetune(
     training: Any = None,
     max_train_queries: int | None = None,
     eval_top_k: int = 20,
+    max_eval_queries: int | None = 200,
+    fusion: bool = True,
     command: str | None = None,
     show_progress_bar: bool | None = None,
     **training_overrides: Any,
@@ -185,6 +210,9 @@ def finetune(
         training: a :class:`~rag_rerank.training.RerankerTrainingConfig` (or ``BiEncoderTrainingConfig``).
         max_train_queries: cap on training questions (a deterministic subset).
         eval_top_k: depth of the realistic validation reranking.
+        max_eval_queries: validation questions used (a fixed subset; each costs ``eval_top_k`` pairs per eval).
+        fusion: after training, choose the reranker/first-stage fusion alpha on the validation split and save
+            it as ``fusion.json`` in ``output_dir`` (see :mod:`rag_rerank.fusion`).
         **training_overrides: fields of the training config (``max_steps=10``, ``loss="bce"``, ...).
 
     Returns:
@@ -211,9 +239,14 @@ def finetune(
                        max_queries=max_train_queries, show_progress_bar=show_progress_bar)
     if not mined.groups:
         raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
-    samples = eval_samples(dataset, index, "validation", top_k=eval_top_k)
+    val = validation_run(dataset, index, "validation", top_k=eval_top_k, max_queries=max_eval_queries)
+    samples = samples_from_run(*val, top_k=eval_top_k)
     if not samples:
         logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
     save_mined(Path(output_dir) / "train_groups.jsonl", mined)
-    return train_reranker(base_model, mined.groups, output_dir=output_dir, config=cfg,
-                          eval_samples=samples or None, command=command)
+    result = train_reranker(base_model, mined.groups, output_dir=output_dir, config=cfg,
+                            eval_samples=samples or None, command=command)
+    if samples and fusion:
+        choice = choose_fusion(output_dir, *val, top_k=eval_top_k, show_progress_bar=show_progress_bar)
+        result = replace(result, fusion_alpha=choice.alpha)
+    return result

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "REPORT_METRICS", "check_index_covers", "evaluate_systems", "interpolate_run", "markdown_table", "rerank_run",
+    "REPORT_METRICS", "apply_scores", "check_index_covers", "evaluate_systems", "interpolate_run", "markdown_table",
+    "rerank_run", "score_candidates",
     "sample_query_ids", "write_report",
 ]
 
@@ -67,7 +68,7 @@ def _reorder(first: Mapping[str, float], head: Mapping[str, float], top_k: int) 
     return {d: float(len(final) - i) for i, d in enumerate(final)}
 
 
-def _score_candidates(
+def score_candidates(
     run: Run, queries: Queries, corpus: Corpus, reranker: Reranker, top_k: int,
     fallback: Corpus | None = None, show_progress_bar: bool | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -79,6 +80,16 @@ def _score_candidates(
     for (q, d), s in zip(keys, scores, strict=True):
         out[q][d] = float(s)
     return out
+
+
+def apply_scores(run: Run, heads: Mapping[str, Mapping[str, float]], top_k: int, alpha: float | None = None) -> Run:
+    """Reorder each query's top ``top_k`` by precomputed reranker scores (``alpha=None``) or by their fusion.
+
+    ``heads`` comes from :func:`score_candidates`; with ``alpha`` the order is :func:`interpolate_run`'s.
+    """
+    if alpha is not None:
+        return interpolate_run(run, heads, alpha, top_k)
+    return {q: _reorder(run[q], heads[q], top_k) for q in run}
 
 
 def rerank_run(
@@ -95,7 +106,7 @@ def rerank_run(
     """
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1")
-    heads = _score_candidates(run, queries, corpus, reranker, top_k, show_progress_bar=show_progress_bar)
+    heads = score_candidates(run, queries, corpus, reranker, top_k, show_progress_bar=show_progress_bar)
     return {q: _reorder(run[q], heads[q], top_k) for q in run}
 
 
@@ -183,7 +194,8 @@ def evaluate_systems(
     rerankers: Mapping[str, str | os.PathLike | Reranker] | None = None,
     top_k_rerank: int = 20,
     first_stage_depth: int = 100,
-    interpolate: float | None = None,
+    interpolate: float | Mapping[str, float] | None = None,
+    extra_runs: Mapping[str, Run] | None = None,
     metrics: Sequence[str] = REPORT_METRICS,
     baseline: str = "hybrid",
     sample: int | None = None,
@@ -201,7 +213,10 @@ def evaluate_systems(
         rerankers: ``{name: model name/path or Reranker}``; each adds the system ``hybrid+NAME``.
         top_k_rerank: hybrid candidates each reranker reorders; deeper docs keep their first-stage order.
         first_stage_depth: docs retrieved per query by every first stage (recall@100 needs 100).
-        interpolate: alpha; adds ``hybrid+NAME@ALPHA`` = ``alpha*z(reranker) + (1-alpha)*z(hybrid)``.
+        interpolate: alpha, or ``{name: alpha}`` per reranker (e.g. from each model's ``fusion.json``); adds
+            ``hybrid+NAME@ALPHA`` = ``alpha*z(reranker) + (1-alpha)*z(hybrid)``.
+        extra_runs: precomputed runs over the same corpus (e.g. from an index with a fine-tuned bi-encoder),
+            compared alongside; each must cover the evaluated queries (see :func:`sample_query_ids`).
         metrics: metric names (see :mod:`rag_rerank.evaluation`).
         baseline: the system every delta is measured against.
         sample: evaluate a random sample of this many queries (``None``: all), drawn with ``seed``.
@@ -226,8 +241,10 @@ def evaluate_systems(
     metrics = [str(parse_metric(m)) for m in metrics]
     if top_k_rerank < 1 or first_stage_depth < top_k_rerank:
         raise ValueError(f"need 1 <= top_k_rerank ({top_k_rerank}) <= first_stage_depth ({first_stage_depth})")
-    if interpolate is not None and not 0.0 <= interpolate <= 1.0:
-        raise ValueError(f"interpolate={interpolate} must be in [0, 1]")
+    alphas = dict(interpolate) if isinstance(interpolate, Mapping) else dict.fromkeys(rerankers, interpolate)
+    for name, alpha in alphas.items():
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"interpolate={alpha} (for {name!r}) must be in [0, 1]")
     for m in metrics:
         k = parse_metric(m).k
         if k is None or k > first_stage_depth:
@@ -256,14 +273,22 @@ def evaluate_systems(
     for name, model in rerankers.items():
         rr, models[name] = _load_reranker(model, batch_size, device)
         start = time.perf_counter()
-        heads = _score_candidates(runs["hybrid"], sub_q, corpus, rr, top_k_rerank, fallback, show_progress_bar)
+        heads = score_candidates(runs["hybrid"], sub_q, corpus, rr, top_k_rerank, fallback, show_progress_bar)
         runs[f"hybrid+{name}"] = {q: _reorder(runs["hybrid"][q], heads[q], top_k_rerank) for q in qids}
         timings[f"hybrid+{name}"] = time.perf_counter() - start
-        if interpolate is not None:
-            runs[f"hybrid+{name}@{interpolate:g}"] = interpolate_run(runs["hybrid"], heads, interpolate, top_k_rerank)
+        alpha = alphas.get(name)
+        if alpha is not None:
+            runs[f"hybrid+{name}@{alpha:g}"] = interpolate_run(runs["hybrid"], heads, alpha, top_k_rerank)
         n_pairs = sum(map(len, heads.values()))
         logger.info("reranked %d pairs with %s in %.1fs", n_pairs, name, timings[f"hybrid+{name}"])
 
+    for name, run in (extra_runs or {}).items():
+        if name in runs:
+            raise ValueError(f"extra run name {name!r} clashes with a system evaluate_systems builds")
+        missing = [q for q in qids if q not in run]
+        if missing:
+            raise DataError(f"extra run {name!r} lacks {len(missing)} evaluated queries (e.g. {missing[0]!r})")
+        runs[name] = {q: run[q] for q in qids}
     result = compare(runs, sub_qrels, baseline=baseline, metrics=metrics, n_resamples=n_resamples, seed=seed)
     result["systems_ci95"] = {name: {m: _mean_ci(per_query(run, sub_qrels, m), n_resamples, seed) for m in metrics}
                               for name, run in runs.items()}
@@ -276,7 +301,7 @@ def evaluate_systems(
         "index_config": index.config(),
         "bi_encoder": index.dense.model_name,
         "rerankers": models, "top_k_rerank": top_k_rerank, "first_stage_depth": first_stage_depth,
-        "interpolate": interpolate, "sample": sample, "seed": seed, "queries_available": len(qrels),
+        "interpolate": alphas, "sample": sample, "seed": seed, "queries_available": len(qrels),
         "reranked_text": "passage text field (no title)",
         "timings_note": "reranked systems: reranking time only (the hybrid first stage is timed separately)",
     }

@@ -37,6 +37,7 @@ from transformers import TrainerCallback as TrainerCallbackBase
 from rag_rerank.errors import DataError, RagRerankError
 from rag_rerank.evaluators import SanityGateCallback, TrainingCollapsedError, constant_bce_loss, verdict_for
 from rag_rerank.model_card import render_model_card, write_model_card
+from rag_rerank.training_guards import NonFiniteLossCallback, TrainingDivergedError, model_bytes, preflight
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -53,6 +54,7 @@ __all__ = [
     "RerankerTrainingConfig",
     "TrainResult",
     "TrainingCollapsedError",
+    "TrainingDivergedError",
     "train_reranker",
 ]
 
@@ -142,6 +144,7 @@ class TrainResult:
     verdict: str
     improved: bool | None = None
     data_summary: dict[str, Any] = field(default_factory=dict)
+    fusion_alpha: float | None = None  # set by rag_rerank.finetune.finetune (fusion.json), None otherwise
 
 
 class GroupSoftmaxLoss(nn.Module):
@@ -240,6 +243,14 @@ def _checkpointing(enabled: bool, args_cls: type) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
 
 
+def _resume_point(resume: bool | str | None, checkpoints: Path) -> bool | str | None:
+    """``True`` resumes from the latest checkpoint when there is one, and starts fresh (with a log line) otherwise."""
+    if resume is True and not any(checkpoints.glob("checkpoint-*")):
+        logger.info("resume requested but %s has no checkpoint yet: starting from the base model", checkpoints)
+        return None
+    return resume or None
+
+
 def train_reranker(
     base_model: str,
     train_groups: Sequence[dict[str, Any]],
@@ -305,6 +316,7 @@ def train_reranker(
     model = load_cross_encoder(base_model, max_length=cfg.max_length)
     if model.num_labels != 1:
         raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
+    preflight(out, model_bytes=model_bytes(model), rows=n_rows)
     if cfg.loss == "listwise":
         loss: nn.Module = GroupSoftmaxLoss(model)
         loss_floor = math.log(cfg.train_group_size)
@@ -347,7 +359,7 @@ def train_reranker(
         metric_for_best_model=f"eval_{evaluator.primary_metric}" if has_eval else None,
         greater_is_better=bool(getattr(evaluator, "greater_is_better", True)) if has_eval else None,
         logging_steps=cfg.logging_steps or max(1, total // 25),
-        report_to="none",
+        report_to="none", logging_nan_inf_filter=False,
         disable_tqdm=not show,
         dataloader_pin_memory=torch.cuda.is_available(),
         **_precision(cfg.mixed_precision),
@@ -360,7 +372,8 @@ def train_reranker(
         if isinstance(evaluator, RerankingEvaluator) else None,
         min_delta=cfg.sanity_min_delta, mode=cfg.sanity_gate, loss_kind=cfg.loss,
     )
-    cbs: list[Any] = [gate, *(callbacks or [])]
+    nonfinite = NonFiniteLossCallback()
+    cbs: list[Any] = [nonfinite, gate, *(callbacks or [])]
     if has_eval and cfg.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
 
@@ -376,8 +389,11 @@ def train_reranker(
     t0 = time.perf_counter()
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                   evaluator=evaluator, callbacks=cbs)
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or None)
+    trainer.train(resume_from_checkpoint=_resume_point(cfg.resume_from_checkpoint, out / "checkpoints"))
     wall = time.perf_counter() - t0
+    if nonfinite.fired:
+        raise TrainingDivergedError(nonfinite.message(f"training {base_model}") +
+                                    f"\n(checkpoints before the divergence, if any, are in {out / 'checkpoints'})")
     eval_after = {k: v for k, v in evaluator(model).items() if k not in first_stage} if has_eval else {}
 
     model.save_pretrained(str(out))

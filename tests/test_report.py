@@ -255,3 +255,38 @@ def test_cli_without_index_builds_one_with_minilm(beir_dir: Path, tmp_path: Path
     assert report["settings"]["bi_encoder"] == "embedded:minilm" and report["queries"] == len(QRELS)
     # MiniLM finds these easy, topical questions: a real sanity bar, not a number the code happens to output
     assert report["systems"]["dense"]["hit@1"] >= 0.8
+
+
+def test_extra_runs_and_per_reranker_alpha(index_dir: Path, sharp_reranker: Reranker) -> None:
+    index = load_index(index_dir)
+    oracle = {q: {d: (2.0 if d in QRELS[q] else 1.0) for d in DOCS} for q in QUERIES}  # gold first, as a run
+    res = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k_rerank=3,
+                           first_stage_depth=8, interpolate={"s": 1.0}, extra_runs={"oracle": oracle},
+                           metrics=METRICS, n_resamples=200)
+    assert "oracle" in res["systems"] and res["systems"]["oracle"]["mrr@10"] == 1.0
+    hybrid_mrr = res["systems"]["hybrid"]["mrr@10"]
+    assert res["delta"]["oracle_vs_hybrid"]["mrr@10"]["delta"] == pytest.approx(1.0 - hybrid_mrr)
+    assert res["systems"]["hybrid+s@1"] == res["systems"]["hybrid+s"] and res["settings"]["interpolate"] == {"s": 1.0}
+    with pytest.raises(DataError, match="lacks"):
+        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"part": {"q1": oracle["q1"]}}, top_k_rerank=3,
+                         first_stage_depth=8, metrics=METRICS, n_resamples=100)
+    with pytest.raises(ValueError, match="clashes"):
+        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"bm25": oracle}, first_stage_depth=8,
+                         top_k_rerank=3, metrics=METRICS, n_resamples=100)
+
+
+def test_cli_interpolate_auto_reads_fusion_json(beir_dir: Path, index_dir: Path, make_sharp_cross_encoder,
+                                                tmp_path: Path) -> None:
+    from rag_rerank.fusion import FusionChoice, save_fusion
+
+    model = make_sharp_cross_encoder([(q, t) for q in QUERIES.values() for t in DOCS.values()])
+    save_fusion(model, FusionChoice(alpha=0.3, metric="mrr@10", value=1.0))
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
+                                    str(model), "--name", "t", "--interpolate", "auto", "--top-k-rerank", "3",
+                                    "--first-stage-depth", "8", "--n-resamples", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "hybrid+t@0.3" in json.loads((out / "report.json").read_text())["systems"]
+    bad = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
+                                    str(model), "--interpolate", "lots", "--out", str(tmp_path / "r2")])
+    assert bad.exit_code != 0 and "neither a number" in bad.output

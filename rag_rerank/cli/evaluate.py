@@ -42,6 +42,31 @@ def _command_line(ctx: click.Context) -> str:
     return shlex.join(parts)
 
 
+def _alphas(value: str | None, names: list[str], models: tuple[str, ...]) -> dict[str, float | None]:
+    """``--interpolate``: one alpha for every reranker, or ``auto`` = each model's saved fusion.json."""
+    if value is None:
+        return {}
+    if value.strip().lower() != "auto":
+        try:
+            alpha = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is neither a number in [0, 1] nor 'auto'",
+                                     param_hint="--interpolate") from None
+        if not 0.0 <= alpha <= 1.0:
+            raise click.BadParameter(f"{alpha} is not in [0, 1]", param_hint="--interpolate")
+        return dict.fromkeys(names, alpha)
+    from rag_rerank.fusion import load_fusion
+
+    out: dict[str, float | None] = {}
+    for name, model in zip(names, models, strict=True):
+        saved = load_fusion(model) if Path(model).is_dir() else None
+        if saved is None:
+            logger.warning("--interpolate auto: %s has no fusion.json (not trained by rag-rerank train); "
+                           "reporting it unfused only", model)
+        out[name] = None if saved is None else float(saved["alpha"])
+    return out
+
+
 @click.command("evaluate")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv (a generated dataset folder works too).")
@@ -53,8 +78,9 @@ def _command_line(ctx: click.Context) -> str:
               help="Hybrid candidates each reranker reorders.")
 @click.option("--first-stage-depth", default=100, show_default=True, type=click.IntRange(min=1),
               help="Docs retrieved per query by each first stage.")
-@click.option("--interpolate", type=click.FloatRange(0, 1), default=None,
-              help="Also report ALPHA*z(reranker) + (1-ALPHA)*z(hybrid) for each reranker.")
+@click.option("--interpolate", default=None, metavar="ALPHA|auto",
+              help="Also report ALPHA*z(reranker) + (1-ALPHA)*z(hybrid) for each reranker; 'auto' uses the alpha "
+                   "that `rag-rerank train` chose on validation (the model's fusion.json).")
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Evaluate a random sample of N queries.")
 @click.option("--seed", default=0, show_default=True, help="Sampling and bootstrap seed.")
 @click.option("--split", default="test", show_default=True, help="Qrels split: qrels/SPLIT.tsv.")
@@ -68,7 +94,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Report folder: report.md, report.json, metrics.png, gold_rank_hist.png.")
 def evaluate_cmd(
     beir_dir: Path, index_dir: Path | None, models: tuple[str, ...], names: tuple[str, ...], top_k_rerank: int,
-    first_stage_depth: int, interpolate: float | None, sample: int | None, seed: int, split: str,
+    first_stage_depth: int, interpolate: str | None, sample: int | None, seed: int, split: str,
     metrics: tuple[str, ...], n_resamples: int, batch_size: int, device: str | None, out_dir: Path,
 ) -> None:
     """Compare bm25, dense, hybrid and hybrid + each reranker on a BEIR folder's queries.
@@ -99,7 +125,8 @@ def evaluate_cmd(
     result = evaluate_systems(
         corpus, queries, qrels, index=index, index_dir=index_dir,
         rerankers=dict(zip(system_names, models, strict=True)), top_k_rerank=top_k_rerank,
-        first_stage_depth=first_stage_depth, interpolate=interpolate, metrics=metrics or REPORT_METRICS,
+        first_stage_depth=first_stage_depth, interpolate=_alphas(interpolate, system_names, models),
+        metrics=metrics or REPORT_METRICS,
         sample=sample, seed=seed, n_resamples=n_resamples, batch_size=batch_size, device=device,
     )
     result["settings"]["beir"] = str(beir_dir)

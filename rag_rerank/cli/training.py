@@ -83,10 +83,12 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
 @click.option("--max-length", type=int, default=None, help="Query + passage tokens (default 256).")
 @click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True)
 @click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
+@click.option("--precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Mixed precision: auto = bf16/fp16 on a CUDA GPU, fp32 on CPU; 'no' forces fp32.")
 @_mining_options
 def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr, head_lr, batch_size, group_size,
-              max_length, sanity_gate, resume, rank_min, rank_max, num_negatives, num_random, relative_margin,
-              neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
+              max_length, sanity_gate, resume, precision, rank_min, rank_max, num_negatives, num_random,
+              relative_margin, neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
     """Fine-tune a reranker (or the bi-encoder) on DATASET_DIR's synthetic questions.
 
     Mines hard negatives with the hybrid first stage (see `mine`), trains, evaluates on the
@@ -99,6 +101,7 @@ def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr,
     command = "rag-rerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     overrides = {k: v for k, v in {
         "epochs": epochs, "max_steps": max_steps, "learning_rate": lr, "batch_size": batch_size, "seed": seed,
+        "mixed_precision": precision,
     }.items() if v is not None}
     if target == "bi-encoder":
         path = finetune(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm",
@@ -118,6 +121,9 @@ def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr,
                       bi_encoder=bi_encoder, mining=mining, max_train_queries=max_queries, command=command,
                       **overrides)
     click.echo(f"model saved to {result.output_dir} ({result.steps} steps, {result.wall_time_s:.0f}s)")
+    if result.fusion_alpha is not None:
+        click.echo(f"fusion alpha {result.fusion_alpha:g} chosen on the validation split (fusion.json): use it with "
+                   "`rag-rerank evaluate --interpolate auto` or RagRerankPostprocessor(interpolation_alpha=...)")
     click.echo(f"first stage: {result.first_stage}  before: {result.eval_before}  after: {result.eval_after}")
     if result.collapsed or result.improved is False:
         click.secho(f"WARNING: {result.verdict}", fg="red", err=True)
