@@ -50,7 +50,7 @@ logger = logging.getLogger("squad_benchmark")
 # Sizes: the full run fits about 2.5 h on a 2-core CPU (measured: README); --quick is a CI smoke run.
 FULL = {"max_chunks": None, "bi_steps": None, "ce_steps": 240, "ce_group": 4, "ce_batch": 8, "val_queries": 100,
         "eval_queries": 1000, "synthetic_test_queries": 200, "top_k": 20}
-QUICK = {"max_chunks": 24, "bi_steps": 4, "ce_steps": 6, "ce_group": 3, "ce_batch": 4, "val_queries": 8,
+QUICK = {"max_chunks": 40, "bi_steps": 4, "ce_steps": 6, "ce_group": 3, "ce_batch": 4, "val_queries": 8,
          "eval_queries": 40, "synthetic_test_queries": 8, "top_k": 5}
 
 

@@ -83,6 +83,13 @@ def test_train_cli_saves_a_model_that_loads_everywhere(dataset, index_dir, tiny_
     assert scores.shape == (1,)
     assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 1
     assert (out / "train_groups.jsonl").is_file()
+    # the fusion alpha was chosen on the validation split, saved, and reported
+    from rag_rerank.fusion import load_fusion
+
+    fusion = load_fusion(out)
+    assert fusion is not None and fusion["chosen_on"] == "synthetic validation split"
+    assert fusion["value"] == max(fusion["by_alpha"].values()) and fusion["by_alpha"][f"{fusion['alpha']:g}"]
+    assert f"fusion alpha {fusion['alpha']:g} chosen" in result.output
 
 
 def test_index_over_another_corpus_is_refused(dataset, tiny_bi_encoder_dir, tmp_path):

@@ -1,0 +1,44 @@
+"""The headline chain (pipelines/squad_benchmark.py --quick): embedded LLM -> bi-encoder -> reranker -> report.
+
+Checks the chain runs end to end on a small SQuAD slice and writes the documented result shape; the scores
+of so small a run mean nothing and are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("xllamacpp")
+    out = tmp_path / "headline.json"
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "squad_benchmark.py"), "--quick", "--data",
+                           str(squad_beir), "--work", str(tmp_path / "work"), "--out", str(out),
+                           "--n-resamples", "300"], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["queries"] == 40 and res["command"].endswith("--quick")
+    alpha = res["fusion"]["alpha"]
+    fused = f"hybrid+finetuned@{alpha:g}"
+    assert res["headline_system"] == fused
+    assert {"bm25", "dense", "hybrid", "hybrid+finetuned", fused} <= set(res["systems"])
+    for name in ("hybrid+finetuned_vs_hybrid", f"{fused}_vs_hybrid"):
+        d = res["delta"][name]
+        assert {"mrr@10", "ndcg@10", "recall@100", "ci95", "p"} <= set(d)
+        assert d["ci95"][0] <= d["mrr@10"] <= d["ci95"][1]
+    assert res["data"]["questions"] > 0 and res["synthetic_test"]["queries"] > 0
+    assert (tmp_path / "work" / "reranker" / "fusion.json").is_file()
+    # a rerun resumes: every stage is found done, and the same numbers come out
+    again = subprocess.run([sys.executable, str(REPO / "pipelines" / "squad_benchmark.py"), "--quick", "--data",
+                            str(squad_beir), "--work", str(tmp_path / "work"), "--out", str(out),
+                            "--n-resamples", "300"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(out.read_text())["systems"] == res["systems"]
