@@ -48,7 +48,7 @@ METRICS = ("mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1")
 logger = logging.getLogger("squad_benchmark")
 
 # Sizes: the full run fits about 2.5 h on a 2-core CPU (measured: README); --quick is a CI smoke run.
-FULL = {"max_chunks": None, "bi_steps": None, "ce_steps": 240, "ce_group": 4, "ce_batch": 8, "val_queries": 100,
+FULL = {"max_chunks": None, "bi_steps": None, "ce_steps": 160, "ce_group": 4, "ce_batch": 8, "val_queries": 100,
         "eval_queries": 1000, "synthetic_test_queries": 200, "top_k": 20}
 QUICK = {"max_chunks": 40, "bi_steps": 4, "ce_steps": 6, "ce_group": 3, "ce_batch": 4, "val_queries": 8,
          "eval_queries": 40, "synthetic_test_queries": 8, "top_k": 5}
@@ -164,7 +164,7 @@ def main() -> int:
     if not (ce_dir / "config.json").is_file():
         result = finetune(qa, ce_dir, index_dir=train_index, base_model="embedded:minilm-ce", loss="listwise",
                           max_steps=size["ce_steps"], train_group_size=size["ce_group"], batch_size=size["ce_batch"],
-                          eval_steps=max(1, size["ce_steps"] // 3), max_eval_queries=size["val_queries"],
+                          eval_steps=max(1, size["ce_steps"] // 2), max_eval_queries=size["val_queries"],
                           eval_top_k=size["top_k"], sanity_gate="warn",
                           command="python " + " ".join(map(shlex.quote, sys.argv)))
         logger.info("reranker: %s", result.verdict)
@@ -232,7 +232,9 @@ def main() -> int:
                      "llm": "embedded (SmolLM2-135M-Instruct Q4_1)", "questions_per_chunk": 2,
                      "evaluation": real["settings"]},
         "stage_wall_s": stage_s,
-        "command": "python pipelines/squad_benchmark.py" + (" --quick" if args.quick else ""),
+        "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).relative_to(REPO))
+                                                                  if Path(sys.argv[0]).resolve().is_relative_to(REPO)
+                                                                  else sys.argv[0], *sys.argv[1:]]),
         "wall_s": round(time.perf_counter() - t0, 1),
         "note": "wall_s is this invocation; stages finished by an earlier (resumed) run count in stage_wall_s only "
                 "for the run that did them. No human question or label was used for training or for any choice.",

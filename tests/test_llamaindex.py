@@ -226,3 +226,31 @@ def test_done_when_12_squad_passages_embedded_minilm_ce(squad_beir: Path) -> Non
         [(queries[qid], corpus[d]["text"]) for d in passages], show_progress_bar=False
     )
     assert np.allclose(scores, ce_scores, atol=1e-5, rtol=0)
+
+
+def test_interpolation_auto_uses_the_trained_alpha_with_zscores(sharp_ce_dir: Path, ce: Any, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from rag_rerank.fusion import FusionChoice, save_fusion
+    from rag_rerank.report import interpolate_run
+
+    model = tmp_path / "ce"
+    shutil.copytree(sharp_ce_dir, model)
+    save_fusion(model, FusionChoice(alpha=0.4, metric="mrr@10", value=1.0))
+    retrieval = [3.0, 1.0, 2.5, 2.0, 5.0, 1.5, 4.0]
+    nodes = _nodes(retrieval)
+    rr = _expected(ce, nodes).astype(float)
+    pp = RagRerankPostprocessor(model=str(model), top_n=None, device="cpu", interpolation_alpha="auto")
+    assert pp.alpha == 0.4
+    out = pp.postprocess_nodes(nodes, query_str=QUERY)
+    # the same order as the evaluated fused system (rag_rerank.report.interpolate_run over all the nodes)
+    ids = [f"n{i}" for i in range(len(nodes))]
+    first_stage = {"q": dict(zip(ids, retrieval, strict=True))}
+    fused = interpolate_run(first_stage, {"q": dict(zip(ids, rr, strict=True))}, 0.4, len(nodes))["q"]
+    assert _ids(out) == sorted(ids, key=lambda d: -fused[d])
+    with caplog.at_level("WARNING"):
+        plain = RagRerankPostprocessor(model=str(sharp_ce_dir), device="cpu", interpolation_alpha="auto")
+    assert plain.alpha is None and "no fusion.json" in caplog.text
+    with pytest.raises(ValueError):
+        RagRerankPostprocessor(model=str(sharp_ce_dir), interpolation_alpha="sometimes")

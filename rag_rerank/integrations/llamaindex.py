@@ -14,9 +14,13 @@ Scores:
 - ``score_threshold`` drops nodes whose **reranker** score (after the sigmoid when ``normalize``)
   is below it; it is applied before ``top_n`` and never to an interpolated score;
 - ``interpolation_alpha=None`` (default): the node score is the reranker score. Otherwise the
-  reranker scores and the retrieval scores are each min-max normalised over the nodes of this call
-  (a list whose values are all equal maps to 1.0; a node with no retrieval score counts as the
-  minimum) and the node score is ``alpha * reranker_norm + (1 - alpha) * retrieval_norm``;
+  reranker scores and the retrieval scores are each normalised over the nodes of this call
+  (``interpolation_norm``: ``"minmax"``, where a list whose values are all equal maps to 1.0, or
+  ``"zscore"``, where it maps to 0.0; a node with no retrieval score counts as the minimum) and the
+  node score is ``alpha * reranker_norm + (1 - alpha) * retrieval_norm``;
+- ``interpolation_alpha="auto"`` uses the alpha that ``rag-rerank train`` chose on the validation split
+  (the model folder's ``fusion.json``) with z-scores, i.e. the fused system its evaluation reports; a
+  model without ``fusion.json`` falls back to the pure reranker score, with a warning;
 - nodes are sorted by ``(-score, input position)`` and the first ``top_n`` are returned as new
   ``NodeWithScore`` objects: the caller's list and nodes are not modified. With
   ``keep_retrieval_score=True`` each returned node is a copy whose ``metadata["retrieval_score"]``
@@ -32,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from rag_rerank.errors import missing_extra
@@ -47,17 +53,17 @@ except ImportError as e:  # pragma: no cover - llama-index-core is a core depend
     raise missing_extra("llama-index-core", "llamaindex") from e
 
 from rag_rerank.reranker import Reranker
+from rag_rerank.retrieval.hybrid import normalize_scores
 
 dispatcher = get_dispatcher(__name__)
+logger = logging.getLogger(__name__)
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 
 
-def _min_max(values: list[float]) -> list[float]:
-    lo, hi = min(values), max(values)
-    if hi == lo:
-        return [1.0] * len(values)
-    return [(v - lo) / (hi - lo) for v in values]
+def _normalize(values: list[float], norm: str) -> list[float]:
+    out = normalize_scores({str(i): float(v) for i, v in enumerate(values)}, norm)
+    return [out[str(i)] for i in range(len(values))]
 
 
 class RagRerankPostprocessor(BaseNodePostprocessor):
@@ -88,19 +94,24 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the original retrieval score in metadata['retrieval_score']."
     )
-    interpolation_alpha: float | None = Field(
+    interpolation_alpha: float | Literal["auto"] | None = Field(
         default=None,
-        ge=0.0,
-        le=1.0,
-        description="None: pure reranker score; else alpha*reranker_norm + (1-alpha)*retrieval_norm (min-max).",
+        description="None: pure reranker score; else alpha*reranker_norm + (1-alpha)*retrieval_norm; "
+                    "'auto': the alpha saved by rag-rerank train (fusion.json), with z-scores.",
+    )
+    interpolation_norm: Literal["minmax", "zscore"] = Field(
+        default="minmax", description="How both score lists are normalised before interpolation ('auto': zscore)."
     )
     cache_size: int = Field(default=4096, ge=0, description="Score-cache entries (LRU); 0 disables it.")
     trust_remote_code: bool = Field(default=False, description="Whether to trust remote code when loading.")
 
     _reranker: Reranker = PrivateAttr()
+    _alpha: float | None = PrivateAttr(default=None)
+    _norm: str = PrivateAttr(default="minmax")
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
+        self._alpha, self._norm = self._resolve_alpha()
         self._reranker = Reranker(
             self.model,
             batch_size=self.batch_size,
@@ -115,6 +126,28 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     @classmethod
     def class_name(cls) -> str:
         return "RagRerankPostprocessor"
+
+    def _resolve_alpha(self) -> tuple[float | None, str]:
+        alpha = self.interpolation_alpha
+        if alpha is None:
+            return None, self.interpolation_norm
+        if alpha == "auto":
+            from rag_rerank.fusion import load_fusion
+
+            saved = load_fusion(self.model) if Path(self.model).is_dir() else None
+            if saved is None:
+                logger.warning("interpolation_alpha='auto': %s has no fusion.json (not trained by rag-rerank train); "
+                               "using the reranker score alone", self.model)
+                return None, self.interpolation_norm
+            return float(saved["alpha"]), "zscore"
+        if isinstance(alpha, str) or not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"interpolation_alpha={alpha!r} must be in [0, 1], 'auto' or None")
+        return float(alpha), self.interpolation_norm
+
+    @property
+    def alpha(self) -> float | None:
+        """The interpolation weight in use (``"auto"`` resolved), or ``None`` for the pure reranker score."""
+        return self._alpha
 
     @property
     def reranker(self) -> Reranker:
@@ -161,14 +194,14 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
 
     def _combine(self, rerank_scores: list[float], nodes: list[NodeWithScore]) -> list[float]:
         """The node score: the reranker score, or its interpolation with the retrieval score."""
-        alpha = self.interpolation_alpha
+        alpha = self._alpha
         if alpha is None:
             return rerank_scores
         retrieval = [n.score for n in nodes]
         known = [s for s in retrieval if s is not None]
         floor = min(known) if known else 0.0
-        ret_norm = _min_max([floor if s is None else float(s) for s in retrieval])
-        rr_norm = _min_max(rerank_scores)
+        ret_norm = _normalize([floor if s is None else float(s) for s in retrieval], self._norm)
+        rr_norm = _normalize(rerank_scores, self._norm)
         return [alpha * r + (1.0 - alpha) * t for r, t in zip(rr_norm, ret_norm, strict=True)]
 
     def _output_node(self, original: NodeWithScore, score: float) -> NodeWithScore:
