@@ -388,8 +388,16 @@ def verdict_for(
     For a random-head base (``embedded:minilm-ce``) the first stage is the bar; for a trained reranker the
     base model usually is. Returns ``(improved, one-line verdict)``; ``improved`` is None with no evaluator.
     """
-    if gate.fired:
+    if gate.fired and gate.mode != "warn":
         return False, "COLLAPSED (sanity gate): " + gate.message.splitlines()[0]
+    improved, verdict = _final_verdict(evaluator, first_stage, before, after)
+    if gate.fired:  # "warn": training went on, so judge the final model, and say the gate fired on the way
+        verdict += " (the sanity gate warned mid-run: " + gate.message.splitlines()[0] + ")"
+    return improved, verdict
+
+
+def _final_verdict(evaluator: Any, first_stage: dict[str, float], before: dict[str, float],
+                   after: dict[str, float]) -> tuple[bool | None, str]:
     key = getattr(evaluator, "primary_metric", None)
     if key is None or key not in after:
         return None, "NOT VALIDATED: no validation samples were given, so nothing shows this model helps"

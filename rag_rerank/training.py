@@ -72,6 +72,9 @@ class RerankerTrainingConfig:
             it high (1e-3) for a new head (``embedded:minilm-ce``, a plain encoder); set ``None`` when the base
             is already a trained reranker (``BAAI/bge-reranker-base``), whose head a high rate would damage.
         warmup_ratio: share of steps with linear warm-up.
+        lr_scheduler: a transformers scheduler name after warm-up: ``"linear"`` decay (default) or
+            ``"constant_with_warmup"`` (a short run on CPU learns most late, when linear decay has already
+            shrunk the rate; see the README's headline section).
         batch_size: groups per step for ``listwise`` (each is ``train_group_size`` pairs); pairs per step for
             ``bce``.
         train_group_size: 1 positive + k negatives per group. Rows with fewer negatives are topped up by
@@ -102,6 +105,7 @@ class RerankerTrainingConfig:
     learning_rate: float = 5e-5
     head_learning_rate: float | None = 1e-3
     warmup_ratio: float = 0.1
+    lr_scheduler: str = "linear"
     batch_size: int = 8
     train_group_size: int = 5
     max_length: int = 256
@@ -346,7 +350,7 @@ def train_reranker(
         learning_rate=cfg.learning_rate,
         learning_rate_mapping=lr_mapping,
         warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=cfg.lr_scheduler,
         seed=cfg.seed,
         data_seed=cfg.seed,
         eval_strategy="steps" if has_eval else "no",

@@ -99,6 +99,12 @@ def test_sanity_gate_fires_on_a_broken_setup(tiny_cross_encoder_dir: Path, tmp_p
     with pytest.raises(TrainingCollapsedError, match="head_learning_rate"):
         train_reranker(str(tiny_cross_encoder_dir), groups, output_dir=tmp_path / "b",
                        config=dataclasses.replace(cfg, sanity_gate="raise", eval_steps=20))
+    # "warn": the run goes on and the final model is judged; the verdict says the gate fired on the way
+    warned = train_reranker(str(tiny_cross_encoder_dir), groups, output_dir=tmp_path / "c",
+                            config=dataclasses.replace(cfg, sanity_gate="warn"),
+                            eval_samples=eval_samples(synthetic_groups(8, 3)))
+    assert warned.steps == 20 and warned.collapsed and warned.improved is False
+    assert warned.verdict.startswith("DID NOT HELP") and "sanity gate warned mid-run" in warned.verdict
 
 
 def test_bce_with_mse_evaluator_through_the_trainer(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
