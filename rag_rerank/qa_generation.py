@@ -255,8 +255,8 @@ def create_qa_dataset(
         "request_timeout": request_timeout, "max_retries": max_retries, "rounds": rounds,
         "concurrency": concurrency, "filter": asdict(filter_config or FilterConfig()),
     }
+    docs, report = load_documents(docs_dir)  # before the lock: no usable documents leaves no empty OUT behind
     with output_lock(out):
-        docs, report = load_documents(docs_dir)
         docs_hash = content_id(*(f"{d.source}\x1e{d.text}" for d in docs), length=32)
         run_key = content_id(gen_key, docs_hash, repr(sorted(settings.items())), length=32)
         done = _finished_manifest(out, run_key)

@@ -110,6 +110,7 @@ def test_empty_or_all_bad_folder_is_one_clean_line_and_nonzero_exit(tmp_path, co
     assert "Traceback" not in r.stdout + r.stderr and SECRET not in r.stdout + r.stderr
     lines = [x for x in r.stderr.strip().splitlines() if not x.startswith(("WARNING ", "INFO "))]  # skip notices
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "no usable documents" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
 
 
 # ------------------------------------------------------------------------------------------ fuzzed loaders
