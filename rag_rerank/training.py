@@ -248,11 +248,26 @@ def _checkpointing(enabled: bool, args_cls: type) -> dict[str, bool]:
 
 
 def _resume_point(resume: bool | str | None, checkpoints: Path) -> bool | str | None:
-    """``True`` resumes from the latest checkpoint when there is one, and starts fresh (with a log line) otherwise."""
-    if resume is True and not any(checkpoints.glob("checkpoint-*")):
-        logger.info("resume requested but %s has no checkpoint yet: starting from the base model", checkpoints)
+    """Where ``resume_from_checkpoint=True`` resumes: the latest *complete* checkpoint, or a fresh start.
+
+    A SIGKILL during a save leaves a checkpoint folder without ``trainer_state.json`` (transformers writes it
+    last); transformers would pick that folder and crash, so it is skipped with a warning.
+    """
+    if resume is not True:
+        return resume or None
+    def step(p: Path) -> int:
+        return int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1
+
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and step(p) >= 0), key=step)
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    for p in found:
+        if p not in complete:
+            logger.warning("checkpoint %s is incomplete (killed while saving?): skipped", p)
+    if not complete:
+        logger.info("resume requested but %s has no complete checkpoint: starting from the base model", checkpoints)
         return None
-    return resume or None
+    logger.info("resuming from %s", complete[-1])
+    return str(complete[-1])
 
 
 def train_reranker(

@@ -70,6 +70,20 @@ def test_nan_loss_stops_bi_encoder_training(tiny_bi_encoder_dir: Path, tmp_path:
                          config=BiEncoderTrainingConfig(max_steps=3, batch_size=4, show_progress_bar=False))
 
 
+def test_resume_skips_an_incomplete_checkpoint(tmp_path: Path) -> None:
+    from rag_rerank.training import _resume_point
+
+    ck = tmp_path / "checkpoints"
+    assert _resume_point(True, ck) is None and _resume_point(None, ck) is None
+    for step, complete in ((3, True), (12, True), (15, False)):
+        (ck / f"checkpoint-{step}").mkdir(parents=True)
+        (ck / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ck / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert _resume_point(True, ck) == str(ck / "checkpoint-12")  # 15 was killed mid-save; 12 sorts after 3
+    assert _resume_point("explicit/path", ck) == "explicit/path"
+
+
 def test_resume_flag_without_checkpoint_starts_fresh(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
     cfg = RerankerTrainingConfig(max_steps=2, batch_size=4, max_length=32, sanity_gate="off", show_progress_bar=False,
                                  train_group_size=3, resume_from_checkpoint=True)
@@ -116,7 +130,8 @@ def test_training_resumes_after_sigkill(tiny_cross_encoder_dir: Path, tmp_path: 
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     res = json.loads(done.stdout.strip().splitlines()[-1])
-    assert res["steps"] == 12 and res["first_step"] > 6  # resumed past the last checkpoint, not from step 1
+    # resumed past the last complete checkpoint (6, or 3 when the kill hit the save of 6), not from step 1
+    assert res["steps"] == 12 and res["first_step"] > 3
     from sentence_transformers import CrossEncoder
 
     assert CrossEncoder(str(out)).predict([("q", "d")]).shape == (1,)
