@@ -54,10 +54,10 @@ QUICK = {"max_chunks": 40, "bi_steps": 4, "ce_steps": 6, "ce_group": 3, "ce_batc
          "eval_queries": 40, "synthetic_test_queries": 8, "top_k": 5}
 
 
-def export_docs(corpus: dict[str, dict[str, str]], out: Path, ids: list[str] | None = None) -> int:
+def export_docs(corpus: dict[str, dict[str, str]], out: Path) -> int:
     """Write each passage as ``out/<id>/<title>.txt`` (idempotent); the loader takes the title from the name."""
     n = 0
-    for doc_id in ids if ids is not None else sorted(corpus):
+    for doc_id in sorted(corpus):
         doc = corpus[doc_id]
         folder = out / doc_id
         name = (doc.get("title") or doc_id).replace("/", "_").replace("\\", "_")[:120] + ".txt"
@@ -69,9 +69,8 @@ def export_docs(corpus: dict[str, dict[str, str]], out: Path, ids: list[str] | N
     return n
 
 
-def synthetic_val_mrr(dataset_dir: Path, index_dir: Path, n: int) -> dict[str, float]:
+def synthetic_val_mrr(dataset: Any, index_dir: Path, n: int) -> dict[str, float]:
     """Dense and hybrid MRR@10 of an index on the synthetic validation split (the bi-encoder keep/drop test)."""
-    dataset = load_qa_dataset(dataset_dir)
     _, queries, qrels = dataset.split("validation")
     queries = {q: queries[q] for q in sorted(queries)[:n]}
     runs = load_index(index_dir).search_all(queries, top_k=10)
@@ -149,12 +148,13 @@ def main() -> int:
                                 max_chunks=size["max_chunks"])
     manifest = json.loads((qa / "manifest.json").read_text(encoding="utf-8"))
     stage("generate", s, did_work=summary.requests_this_run > 0 or "generate" not in done_s, accumulate=True)
+    dataset = load_qa_dataset(qa)
 
     # 3. bi-encoder fine-tune, kept only if it helps on synthetic validation
     s = time.perf_counter()
     base_index = qa / "index"
     if not (base_index / "config.json").is_file():
-        build_index(load_qa_dataset(qa).corpus, base_index, bi_encoder="embedded:minilm")
+        build_index(dataset.corpus, base_index, bi_encoder="embedded:minilm")
     bi_choice: dict[str, Any] = {"used": False}
     bi_dir = work / "bi_encoder"
     if not args.no_bi_encoder:
@@ -163,9 +163,9 @@ def main() -> int:
                      max_steps=size["bi_steps"])
         tuned_index = qa / "index-tuned-bi"
         if not (tuned_index / "config.json").is_file():
-            build_index(load_qa_dataset(qa).corpus, tuned_index, bi_encoder=str(bi_dir))
-        base_mrr = synthetic_val_mrr(qa, base_index, size["val_queries"] * 3)
-        tuned_mrr = synthetic_val_mrr(qa, tuned_index, size["val_queries"] * 3)
+            build_index(dataset.corpus, tuned_index, bi_encoder=str(bi_dir))
+        base_mrr = synthetic_val_mrr(dataset, base_index, size["val_queries"] * 3)
+        tuned_mrr = synthetic_val_mrr(dataset, tuned_index, size["val_queries"] * 3)
         bi_choice = {"used": tuned_mrr["hybrid"] > base_mrr["hybrid"],
                      "synthetic_val_mrr@10": {"base": base_mrr, "tuned": tuned_mrr}}
         logger.info("bi-encoder: synthetic validation hybrid MRR@10 base %.4f, tuned %.4f -> %s", base_mrr["hybrid"],
@@ -185,8 +185,7 @@ def main() -> int:
                           command="python " + " ".join(map(shlex.quote, sys.argv)))
         logger.info("reranker: %s", result.verdict)
     fusion = load_fusion(ce_dir)
-    if fusion is None:  # a model trained before fusion.json existed
-        dataset = load_qa_dataset(qa)
+    if fusion is None:  # the model was saved, but the run stopped before fusion.json was written
         val = validation_run(dataset, load_index(train_index), top_k=size["top_k"], max_queries=size["val_queries"])
         choose_fusion(ce_dir, *val, top_k=size["top_k"])
         fusion = load_fusion(ce_dir)
@@ -222,7 +221,6 @@ def main() -> int:
 
     # 6. the synthetic test split, same systems (the number a user sees for their own corpus)
     s = time.perf_counter()
-    dataset = load_qa_dataset(qa)
     t_corpus, t_queries, t_qrels = dataset.split("test")
     synth = evaluate_systems(t_corpus, t_queries, t_qrels, index=load_index(base_index), index_dir=base_index,
                              rerankers={"finetuned": reranker}, interpolate={"finetuned": alpha},

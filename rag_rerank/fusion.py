@@ -29,7 +29,7 @@ from rag_rerank.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_GRID", "FUSION_FILE", "FusionChoice", "choose_alpha", "load_fusion", "save_fusion"]
+__all__ = ["DEFAULT_GRID", "FUSION_FILE", "FusionChoice", "choose_alpha", "load_fusion", "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 FUSION_FILE = "fusion.json"
@@ -100,3 +100,17 @@ def load_fusion(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not 0.0 <= float(data.get("alpha", -1)) <= 1.0:
         raise DataError(f"{path}: not a fusion file with an alpha in [0, 1]; delete it or retrain")
     return data
+
+
+def saved_alpha(model: str | os.PathLike) -> float | None:
+    """The alpha ``rag-rerank train`` saved with ``model`` (a folder), or ``None`` with a warning when it has none.
+
+    What ``--interpolate auto`` and ``RagRerankPostprocessor(interpolation_alpha="auto")`` resolve to; a model
+    without ``fusion.json`` (a hub id, or one trained elsewhere) is then used unfused.
+    """
+    saved = load_fusion(model) if Path(model).is_dir() else None
+    if saved is None:
+        logger.warning("%s has no fusion.json (not trained by `rag-rerank train`): no saved fusion alpha, so it "
+                       "is used unfused (the reranker score alone)", model)
+        return None
+    return float(saved["alpha"])

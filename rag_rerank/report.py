@@ -106,8 +106,8 @@ def rerank_run(
     """
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1")
-    heads = score_candidates(run, queries, corpus, reranker, top_k, show_progress_bar=show_progress_bar)
-    return {q: _reorder(run[q], heads[q], top_k) for q in run}
+    return apply_scores(run, score_candidates(run, queries, corpus, reranker, top_k,
+                                              show_progress_bar=show_progress_bar), top_k)
 
 
 def interpolate_run(run: Run, rerank_scores: Mapping[str, Mapping[str, float]], alpha: float, top_k: int) -> Run:
@@ -274,11 +274,11 @@ def evaluate_systems(
         rr, models[name] = _load_reranker(model, batch_size, device)
         start = time.perf_counter()
         heads = score_candidates(runs["hybrid"], sub_q, corpus, rr, top_k_rerank, fallback, show_progress_bar)
-        runs[f"hybrid+{name}"] = {q: _reorder(runs["hybrid"][q], heads[q], top_k_rerank) for q in qids}
+        runs[f"hybrid+{name}"] = apply_scores(runs["hybrid"], heads, top_k_rerank)
         timings[f"hybrid+{name}"] = time.perf_counter() - start
         alpha = alphas.get(name)
         if alpha is not None:
-            runs[f"hybrid+{name}@{alpha:g}"] = interpolate_run(runs["hybrid"], heads, alpha, top_k_rerank)
+            runs[f"hybrid+{name}@{alpha:g}"] = apply_scores(runs["hybrid"], heads, top_k_rerank, alpha)
         n_pairs = sum(map(len, heads.values()))
         logger.info("reranked %d pairs with %s in %.1fs", n_pairs, name, timings[f"hybrid+{name}"])
 

@@ -255,13 +255,13 @@ def _resume_point(resume: bool | str | None, checkpoints: Path) -> bool | str | 
     """
     if resume is not True:
         return resume or None
-    def step(p: Path) -> int:
-        return int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1
-
-    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and step(p) >= 0), key=step)
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]))
+    complete = []
     for p in found:
-        if p not in complete:
+        if (p / "trainer_state.json").is_file():
+            complete.append(p)
+        else:
             logger.warning("checkpoint %s is incomplete (killed while saving?): skipped", p)
     if not complete:
         logger.info("resume requested but %s has no complete checkpoint: starting from the base model", checkpoints)

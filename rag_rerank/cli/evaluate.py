@@ -55,16 +55,9 @@ def _alphas(value: str | None, names: list[str], models: tuple[str, ...]) -> dic
         if not 0.0 <= alpha <= 1.0:
             raise click.BadParameter(f"{alpha} is not in [0, 1]", param_hint="--interpolate")
         return dict.fromkeys(names, alpha)
-    from rag_rerank.fusion import load_fusion
+    from rag_rerank.fusion import saved_alpha
 
-    out: dict[str, float | None] = {}
-    for name, model in zip(names, models, strict=True):
-        saved = load_fusion(model) if Path(model).is_dir() else None
-        if saved is None:
-            logger.warning("--interpolate auto: %s has no fusion.json (not trained by rag-rerank train); "
-                           "reporting it unfused only", model)
-        out[name] = None if saved is None else float(saved["alpha"])
-    return out
+    return {name: saved_alpha(model) for name, model in zip(names, models, strict=True)}
 
 
 @click.command("evaluate")

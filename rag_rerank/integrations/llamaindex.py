@@ -36,8 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from rag_rerank.errors import missing_extra
@@ -56,7 +54,6 @@ from rag_rerank.reranker import Reranker
 from rag_rerank.retrieval.hybrid import normalize_scores
 
 dispatcher = get_dispatcher(__name__)
-logger = logging.getLogger(__name__)
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 
@@ -132,14 +129,10 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         if alpha is None:
             return None, self.interpolation_norm
         if alpha == "auto":
-            from rag_rerank.fusion import load_fusion
+            from rag_rerank.fusion import saved_alpha
 
-            saved = load_fusion(self.model) if Path(self.model).is_dir() else None
-            if saved is None:
-                logger.warning("interpolation_alpha='auto': %s has no fusion.json (not trained by rag-rerank train); "
-                               "using the reranker score alone", self.model)
-                return None, self.interpolation_norm
-            return float(saved["alpha"]), "zscore"
+            saved = saved_alpha(self.model)
+            return (None, self.interpolation_norm) if saved is None else (saved, "zscore")
         if isinstance(alpha, str) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"interpolation_alpha={alpha!r} must be in [0, 1], 'auto' or None")
         return float(alpha), self.interpolation_norm
