@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.rag-rerank-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint benchmark-retrieval benchmark-quality clean
+.PHONY: setup demo test test-fast lint benchmark-retrieval benchmark-quality benchmark-ablation clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ benchmark-retrieval: setup
 
 benchmark-quality: setup
 	$(BIN)/python pipelines/squad_benchmark.py
+
+# every kept checkpoint of the headline's reranker (and of an earlier run, when kept) on validation + 300 real questions
+ABLATION_MODELS ?= --model headline=runs/squad_benchmark/reranker
+benchmark-ablation: setup
+	$(BIN)/python pipelines/squad_ablation.py $(ABLATION_MODELS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

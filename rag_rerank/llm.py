@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -69,6 +70,9 @@ def _is_retryable(exc: BaseException) -> bool:
     import openai
 
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    # a 200 whose body is not the JSON asked for (a proxy's HTML page, a truncated or garbled body): transient
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, UnicodeDecodeError)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500

@@ -54,6 +54,7 @@ SYSTEM_PROMPT = (
     "You write short, specific questions that a passage answers. Output only the questions, one per line."
 )
 QUESTION_PROMPT = "Passage:\n{chunk}\n\nWrite {n} questions answered by this passage."
+NO_QUESTION = "no usable question"  # the failure reason of a chunk the LLM answered without one
 # Worked examples sent as earlier chat turns: a 135M model copies their form (one question a line,
 # named subject, '?'); questions copied from them are dropped by the off-topic filter.
 FEW_SHOT: tuple[tuple[str, str], ...] = (
@@ -153,7 +154,7 @@ def _ask(
             break
     else:
         preview = " ".join(rec["texts"][-1].split())[:60] if rec["texts"] else ""
-        rec.update(status="failed", reason=f"no usable question in {rounds} answer(s) (last: {preview!r})")
+        rec.update(status="failed", reason=f"{NO_QUESTION} in {rounds} answer(s) (last: {preview!r})")
     rec["seconds"] = round(time.perf_counter() - t0, 3)
     return rec
 
@@ -194,6 +195,7 @@ def create_qa_dataset(
     abort_after_failures: int = 25,
     filter_config: FilterConfig | None = None,
     show_progress_bar: bool | None = None,
+    retry_failed: bool = True,
 ) -> QADatasetSummary:
     """Create a synthetic QA dataset from a folder of documents, resumably.
 
@@ -218,6 +220,9 @@ def create_qa_dataset(
             rest are listed as failed and retried by the next run.
         filter_config: question filter bounds.
         show_progress_bar: tqdm bar; ``None`` shows it when there are 10+ chunks to ask.
+        retry_failed: ask again for chunks that got no usable question in an earlier run (default).
+            ``False`` keeps those as they are and asks only chunks never answered (request errors, aborted
+            runs), so a finished dataset stays exactly as it is for the pipelines that trained on it.
 
     Returns:
         A :class:`QADatasetSummary`; ``failed_chunks`` lists chunks with no usable question.
@@ -259,7 +264,7 @@ def create_qa_dataset(
     with output_lock(out):
         docs_hash = content_id(*(f"{d.source}\x1e{d.text}" for d in docs), length=32)
         run_key = content_id(gen_key, docs_hash, repr(sorted(settings.items())), length=32)
-        done = _finished_manifest(out, run_key)
+        done = _finished_manifest(out, run_key, allow_failed=not retry_failed)
         if done is not None:
             logger.info("%s is complete for these inputs and settings; nothing to do", out)
             return done
@@ -267,7 +272,8 @@ def create_qa_dataset(
                                      chunk_overlap=chunk_overlap, show_progress_bar=show_progress_bar)
         chunks = select_chunks(all_chunks, max_chunks, seed)
         records = {r["chunk_id"]: r for r in read_checkpoint(out / CHECKPOINT) if r.get("key") == gen_key}
-        pending = [c for c in chunks if records.get(c.id, {}).get("status") != "ok"]
+        pending = [c for c in chunks if records.get(c.id, {}).get("status") != "ok"
+                   and (retry_failed or not _unusable(records.get(c.id, {})))]
         logger.info("%d chunk(s) from %d document(s); %d selected, %d to ask (%d from the checkpoint)",
                     len(all_chunks), len(docs), len(chunks), len(pending), len(chunks) - len(pending))
         t_llm = time.perf_counter()
@@ -346,7 +352,12 @@ def _safe_url(url: str | None) -> str | None:
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 
-def _finished_manifest(out: Path, run_key: str) -> QADatasetSummary | None:
+def _unusable(record: dict[str, Any]) -> bool:
+    """True for a chunk the LLM answered without a usable question (not a request error or an abort)."""
+    return record.get("status", "failed") == "failed" and str(record.get("reason", "")).startswith(NO_QUESTION)
+
+
+def _finished_manifest(out: Path, run_key: str, allow_failed: bool = False) -> QADatasetSummary | None:
     from rag_rerank.io import read_json
 
     path = out / MANIFEST
@@ -356,12 +367,17 @@ def _finished_manifest(out: Path, run_key: str) -> QADatasetSummary | None:
         m = read_json(path)
     except Exception:  # noqa: BLE001 - a damaged manifest just means "rebuild"
         return None
-    if m.get("run_key") != run_key or m.get("failed_chunks") or m.get("status") != "complete":
+    failed = m.get("failed_chunks") or []
+    unusable_only = all(_unusable(f) for f in failed)
+    if m.get("run_key") != run_key or m.get("status") not in ("complete", "partial"):
+        return None
+    if failed and not (allow_failed and unusable_only):
         return None
     c = m.get("counts", {})
     return QADatasetSummary(
         out_dir=str(out), n_chunks=c.get("chunks_selected", 0), n_questions=c.get("kept", 0),
         n_documents=c.get("documents", 0), counts=c, prompt_tokens=m.get("usage", {}).get("prompt_tokens", 0),
         completion_tokens=m.get("usage", {}).get("completion_tokens", 0), seconds=0.0, no_op=True,
+        failed_chunks=tuple((f["chunk_id"], f["reason"]) for f in failed),
     )
 

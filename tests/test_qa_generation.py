@@ -215,14 +215,15 @@ def test_end_to_end_outputs_and_noop_rerun(docs, tmp_path, stub, minilm_dir, mon
 
 def test_faults_are_retried_or_recorded_and_rerun_retries_only_failed(docs, tmp_path, stub, minilm_dir) -> None:
     out = tmp_path / "out"
-    # chunk 1: 429, 500, a stall past the timeout, then a preamble answer -> ok after retries;
+    # chunk 1: 429, 500, a garbage (non-JSON) 200, a stall past the timeout, then a preamble answer -> ok after
+    #          retries;
     # chunk 2: an empty answer, then a refusal (2 rounds) -> failed, no usable question;
-    # chunk 3: a garbage (non-JSON) response -> failed, LLM request failed.
-    stub.push(Action.error(429), Action.error(500), Action.stall(3.0),
+    # chunk 3: garbage on every attempt -> failed, LLM request failed.
+    stub.push(Action.error(429), Action.error(500), Action.garbage(), Action.stall(3.0),
               Action.text("Sure! Here are 2 questions:\n1. Where did the Black Death originate?\n"
                           "Answer: Central Asia.\n2. How did the Black Death reach Crimea?"),
-              Action.text(""), Action.text("I cannot help with that."), Action.garbage())
-    client = _client(stub, max_retries=3)
+              Action.text(""), Action.text("I cannot help with that."), *[Action.garbage()] * 5)
+    client = _client(stub, max_retries=4)
     s = _gen(docs, out, client, minilm_dir, concurrency=1)
     reasons = dict(s.failed_chunks)
     assert len(reasons) == 2, reasons
@@ -230,14 +231,25 @@ def test_faults_are_retried_or_recorded_and_rerun_retries_only_failed(docs, tmp_
     assert sum("LLM request failed" in r for r in reasons.values()) == 1
     assert s.n_questions == 2 * (s.n_chunks - 2)
     first = json.loads((out / CHECKPOINT).read_text().splitlines()[0])
-    assert first["attempts"] == 4 and first["status"] == "ok"
+    assert first["attempts"] == 5 and first["status"] == "ok"
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "partial" and {f["chunk_id"]: f["reason"] for f in m["failed_chunks"]} == reasons
     assert m["counts"]["dropped_by_reason"].get("not_a_question", 0) >= 1
 
+    # retry_failed=False: only the request that errored is asked again; the answered-but-unusable chunk stays
+    # failed, and a second such run is a no-op that leaves the dataset byte-identical
+    before = stub.n_requests
+    s1 = _gen(docs, out, client, minilm_dir, concurrency=1, retry_failed=False)
+    assert stub.n_requests == before + 1 and s1.requests_this_run == 1
+    assert [r for _, r in s1.failed_chunks] == [r for r in reasons.values() if "no usable question" in r]
+    snapshot = {f: f.read_bytes() for f in out.rglob("*") if f.is_file() and ".lock" not in f.name}
+    s1b = _gen(docs, out, client, minilm_dir, concurrency=1, retry_failed=False)
+    assert s1b.no_op and stub.n_requests == before + 1 and dict(s1b.failed_chunks) == dict(s1.failed_chunks)
+    assert {f: f.read_bytes() for f in snapshot} == snapshot
+
     before = stub.n_requests
     s2 = _gen(docs, out, client, minilm_dir, concurrency=1)
-    assert s2.ok and stub.n_requests == before + 2 and s2.requests_this_run == 2
+    assert s2.ok and stub.n_requests == before + 1 and s2.requests_this_run == 1
     qids = [json.loads(line)["_id"] for line in (out / "queries.jsonl").read_text().splitlines()]
     assert len(qids) == len(set(qids)) == 2 * s2.n_chunks
 

@@ -50,8 +50,9 @@ def test_flaky_server_messy_folder_no_chunk_lost_no_duplicates_no_leak(tmp_path,
     docs = make_messy_folder(tmp_path / "docs", n_docs=2, doc_chars=900)
     (docs / "evil.md").write_text(EVIL, encoding="utf-8")
     out = tmp_path / "out"
-    # seeded random faults (40%) plus one garbage answer first: that chunk fails for sure, so run 1 is partial
-    with StubOpenAIServer([Action.garbage()], fault_rate=0.4, seed=3) as srv, caplog.at_level(logging.DEBUG):
+    # seeded random faults (40%, garbage bodies among them) plus one 400 first: a client error is not retried, so
+    # that chunk fails for sure and run 1 is partial
+    with StubOpenAIServer([Action.error(400)], fault_rate=0.4, seed=3) as srv, caplog.at_level(logging.DEBUG):
         prev_failed, codes = None, []
         for _ in range(5):
             r = _generate(docs, out, srv.base_url, minilm_dir)
@@ -202,7 +203,7 @@ def test_qrels_line_with_a_quote_is_read_as_written(tmp_path) -> None:
 def test_api_key_never_in_llm_errors_even_when_the_server_echoes_it(caplog) -> None:
     echo = f"Incorrect API key provided: {SECRET}"
     with StubOpenAIServer([Action.error(401, echo), Action.error(500, echo), Action.error(500, echo),
-                           Action.garbage()]) as srv, caplog.at_level(logging.DEBUG):
+                           Action.garbage(), Action.garbage()]) as srv, caplog.at_level(logging.DEBUG):
         client = LLMClient(LLMSettings(model="m", base_url=srv.base_url, max_retries=1, backoff_base=0.01),
                            api_key=SECRET)
         errors = []

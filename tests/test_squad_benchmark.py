@@ -42,3 +42,22 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
                             "--n-resamples", "300"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(out.read_text())["systems"] == res["systems"]
+    curve = res["validation_curve"]
+    assert [r["steps"] for r in curve] == [3.0, 6.0] and all(0 <= r["MRR@10"] <= 1 for r in curve)
+
+    # the ablation reads the same work folder: one row per kept checkpoint, exactly one of them shipped
+    abl = tmp_path / "ablation.json"
+    cmd = [sys.executable, str(REPO / "pipelines" / "squad_ablation.py"), "--model",
+           f"quick={tmp_path / 'work' / 'reranker'}", "--work", str(tmp_path / "work"), "--data", str(squad_beir),
+           "--real-queries", "12", "--val-queries", "8", "--top-k", "5", "--n-resamples", "200", "--out", str(abl)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(abl.read_text())["rows"]
+    assert [r["id"] for r in rows] == ["quick@3", "quick@6"] and sum(r["shipped"] for r in rows) == 1
+    for r in rows:
+        a = r["synthetic_val"]["chosen_alpha"]
+        fused_real = r["real"]["systems"][f"fused@{a:g}"]["mrr@10"]
+        assert fused_real == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{a:g}"])
+        assert r["real"]["oracle_mrr@10_by_alpha"]["0"] == pytest.approx(r["real"]["systems"]["hybrid"]["mrr@10"])
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
+    assert json.loads(abl.read_text())["rows"] == rows

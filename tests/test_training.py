@@ -107,6 +107,30 @@ def test_sanity_gate_fires_on_a_broken_setup(tiny_cross_encoder_dir: Path, tmp_p
     assert warned.verdict.startswith("DID NOT HELP") and "sanity gate warned mid-run" in warned.verdict
 
 
+@pytest.mark.parametrize("scheduler", ["constant_with_warmup", "linear"])
+def test_lr_schedule_reaches_the_trainer_and_every_checkpoint_is_kept(
+        tiny_cross_encoder_dir: Path, tmp_path: Path, scheduler: str) -> None:
+    cfg = RerankerTrainingConfig(max_steps=12, lr_scheduler=scheduler, warmup_ratio=0.25, logging_steps=1,
+                                 keep_checkpoints=True, sanity_gate="off", **{**FAST, "eval_steps": 4})
+    train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(40, 5), output_dir=tmp_path, config=cfg,
+                   eval_samples=eval_samples(synthetic_groups(6, 6)))
+    kept = sorted(int(c.name.split("-")[1]) for c in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert kept == [4, 8, 12]  # one per evaluation, none pruned
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert len(lrs) == 12 and lrs[0] < lrs[2]  # warm-up over the first 3 steps
+    after = lrs[3:]
+    if scheduler == "constant_with_warmup":
+        assert max(after) == pytest.approx(min(after))
+    else:
+        assert all(a > b for a, b in zip(after, after[1:], strict=False)) and after[-1] < 0.2 * after[0]
+
+
+def test_lr_scheduler_name_is_checked_up_front() -> None:
+    with pytest.raises(ValueError, match="lr_scheduler='cosnie'.*constant_with_warmup"):
+        RerankerTrainingConfig(lr_scheduler="cosnie")
+
+
 def test_bce_with_mse_evaluator_through_the_trainer(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
     rows = [{"query": g["query"], "text": t, "label": lab} for g in synthetic_groups(16, 4)
             for t, lab in [(g["positive"], 1.0), (g["negatives"][0], 0.0)]]

@@ -35,11 +35,15 @@ EXIT_PARTIAL = 3
 @click.option("--timeout", "request_timeout", default=60.0, show_default=True, type=float,
               help="Seconds per LLM request.")
 @click.option("--max-retries", default=4, show_default=True, type=click.IntRange(0, 20))
+@click.option("--retry-failed/--keep-failed", default=True, show_default=True,
+              help="On a rerun, ask again for chunks that got no usable question (--keep-failed leaves a finished "
+                   "dataset as it is; request errors are always retried).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when 10+ chunks].")
 def generate_cmd(
     docs_dir: Path, out_dir: Path, llm: str, base_url: str | None, questions_per_chunk: int,
     concurrency: int | None, prompt_file: Path | None, seed: int, chunk_tokens: int, chunk_overlap: int,
-    tokenizer: str, max_chunks: int | None, request_timeout: float, max_retries: int, progress: bool | None,
+    tokenizer: str, max_chunks: int | None, request_timeout: float, max_retries: int, retry_failed: bool,
+    progress: bool | None,
 ) -> None:
     """Create a synthetic QA dataset from DOCS_DIR (.txt, .md, .html, .pdf) into OUT.
 
@@ -55,7 +59,7 @@ def generate_cmd(
         docs_dir, out_dir, llm=llm, base_url=base_url, questions_per_chunk=questions_per_chunk,
         concurrency=concurrency, prompt=prompt, seed=seed, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
         tokenizer=tokenizer, max_chunks=max_chunks, request_timeout=request_timeout, max_retries=max_retries,
-        show_progress_bar=progress,
+        show_progress_bar=progress, retry_failed=retry_failed,
     )
     c = s.counts
     if s.no_op:
@@ -76,7 +80,7 @@ def generate_cmd(
         first = s.failed_chunks[0]
         click.echo(
             f"Partial: {len(s.failed_chunks)} chunk(s) failed (e.g. {first[0]}: {first[1]}); see failed_chunks in "
-            f"{out_dir}/manifest.json. Rerun the same command to retry only those.",
+            f"{out_dir}/manifest.json. Rerun the same command to retry only those (--keep-failed: keep them).",
             err=True,
         )
         sys.exit(EXIT_PARTIAL)

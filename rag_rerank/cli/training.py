@@ -81,14 +81,16 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
 @click.option("--batch-size", type=int, default=None)
 @click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per group.")
 @click.option("--max-length", type=int, default=None, help="Query + passage tokens (default 256).")
+@click.option("--lr-scheduler", default=None,
+              help="After warm-up: constant_with_warmup (default) or linear, or any transformers scheduler name.")
 @click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True)
 @click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
 @click.option("--precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto", show_default=True,
               help="Mixed precision: auto = bf16/fp16 on a CUDA GPU, fp32 on CPU; 'no' forces fp32.")
 @_mining_options
 def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr, head_lr, batch_size, group_size,
-              max_length, sanity_gate, resume, precision, rank_min, rank_max, num_negatives, num_random,
-              relative_margin, neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
+              max_length, lr_scheduler, sanity_gate, resume, precision, rank_min, rank_max, num_negatives,
+              num_random, relative_margin, neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
     """Fine-tune a reranker (or the bi-encoder) on DATASET_DIR's synthetic questions.
 
     Mines hard negatives with the hybrid first stage (see `mine`), trains, evaluates on the
@@ -113,6 +115,8 @@ def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr,
     overrides.update({"loss": loss, "train_group_size": group_size, "sanity_gate": sanity_gate})
     if max_length is not None:
         overrides["max_length"] = max_length
+    if lr_scheduler is not None:
+        overrides["lr_scheduler"] = lr_scheduler
     if head_lr is not None:
         overrides["head_learning_rate"] = head_lr or None
     if resume:
