@@ -120,6 +120,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bi-encoder", action="store_true", help="Skip the bi-encoder fine-tune.")
     ap.add_argument("--n-resamples", type=int, default=10000)
+    ap.add_argument("--stop-after", choices=("docs", "generate", "bi_encoder", "reranker"), default=None,
+                    help="Stop after this stage (a rerun resumes from there; stage times are kept).")
     ap.add_argument("--ce-steps", type=int, default=None,
                     help="Reranker training steps (default: 320; a GPU affords several epochs).")
     args = ap.parse_args()
@@ -149,6 +151,9 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         write_json(times_file, done_s)
         logger.info("stage %s done in %.0fs", name, stage_s[name])
+        if name == args.stop_after:
+            logger.info("--stop-after %s: stopping; rerun without it to continue", name)
+            raise SystemExit(0)
 
     corpus, queries, qrels = load_beir(args.data)
     # 1. the user's documents. --quick keeps the passages of a few real questions so that they can be evaluated.

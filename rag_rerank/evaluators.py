@@ -160,6 +160,11 @@ class RerankingEvaluator(BaseEvaluator):
     ``always_rerank_positives=False`` its reranked NDCG divides by the positives *present* in the list (a
     missed positive is not penalised), and sklearn's ``ndcg_score`` averages over ties.
 
+    ``long_documents=None`` scores pairs with ``model.predict`` (a long passage is cut at ``max_length``, as
+    in sentence-transformers); ``"window"`` or ``"truncate"`` scores them through
+    :class:`rag_rerank.reranker.Reranker` with that policy, i.e. exactly as the saved model will be served.
+    ``train_reranker`` uses ``"window"``, the ``Reranker`` default.
+
     Returns ``mrr@k``, ``ndcg@k`` (reranked), ``base_mrr@k``, ``base_ndcg@k`` (first-stage order, computed
     once and cached) and ``base_recall@n`` (the share of queries with a positive among the candidates: the
     ceiling any reranker can reach). ``primary_metric`` is ``mrr@k`` (prefixed with ``name``).
@@ -179,8 +184,12 @@ class RerankingEvaluator(BaseEvaluator):
         write_csv: bool = True,
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
+        long_documents: str | None = None,
     ) -> None:
         super().__init__()
+        if long_documents not in (None, "window", "truncate"):
+            raise ValueError(f"long_documents={long_documents!r}; use None, 'window' or 'truncate'")
+        self.long_documents = long_documents
         if not samples:
             raise ValueError("RerankingEvaluator: no samples; pass [{'query', 'positive', 'documents'}, ...]")
         checked = []
@@ -243,13 +252,17 @@ class RerankingEvaluator(BaseEvaluator):
         show = self.show_progress_bar
         if show is None:
             show = logger.getEffectiveLevel() <= logging.INFO
-        scores = np.asarray(
-            model.predict(
-                pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
-                convert_to_numpy=True, show_progress_bar=show,
-            ) if pairs else [],
-            dtype=np.float64,
-        ).reshape(-1)
+        if not pairs:
+            raw: Any = []
+        elif self.long_documents is None:
+            raw = model.predict(pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
+                                convert_to_numpy=True, show_progress_bar=show)
+        else:  # score as rag_rerank.Reranker serves the model, so checkpoints are chosen the way they are used
+            from rag_rerank.reranker import Reranker
+
+            raw = Reranker(model, batch_size=self.batch_size, activation="none",
+                           long_documents=self.long_documents).predict(pairs, show_progress_bar=show)
+        scores = np.asarray(raw, dtype=np.float64).reshape(-1)
         rankings, offset = [], 0
         for s in self.samples:
             n = len(s["documents"])

@@ -150,7 +150,9 @@ class Reranker:
     """Score ``(query, document)`` pairs with a cross-encoder, fast and with no silent truncation.
 
     Args:
-        model: ``embedded:minilm-ce``, a local model folder, or a Hugging Face hub id.
+        model: ``embedded:minilm-ce``, a local model folder, a Hugging Face hub id, or a loaded
+            ``CrossEncoder`` (torch backend; scored as it is at each call, so the cache is off: the
+            training-time evaluator uses this).
         backend: ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU) or ``"onnx-int8"`` (dynamic int8
             weights, CPU). The ONNX graphs are exported on first use and cached; see the module docstring.
         batch_size: pairs (or document windows) per forward pass.
@@ -181,7 +183,7 @@ class Reranker:
 
     def __init__(
         self,
-        model: str,
+        model: str | CrossEncoder,
         *,
         backend: Backend | str = "torch",
         batch_size: int = 32,
@@ -217,9 +219,20 @@ class Reranker:
         if cache_size < 0:
             raise ValueError(f"cache_size={cache_size} must be >= 0 (0 disables the cache)")
 
-        self._ce: CrossEncoder = load_cross_encoder(
-            model, device=device, max_length=max_length, trust_remote_code=trust_remote_code
-        )
+        if isinstance(model, str):
+            self._ce: CrossEncoder = load_cross_encoder(
+                model, device=device, max_length=max_length, trust_remote_code=trust_remote_code
+            )
+        else:  # a model in memory (e.g. mid-training): scored as it is at each call, so nothing is cached
+            if onnx:
+                raise ValueError(f"backend={backend!r} exports a saved model; pass its folder, not a CrossEncoder")
+            if not hasattr(model, "tokenizer") or not hasattr(model, "num_labels"):
+                raise TypeError(f"model must be a name, a folder or a CrossEncoder; got {type(model).__name__}")
+            self._ce = model
+            if max_length is not None:
+                model.max_seq_length = max_length
+            cache_size = 0
+            model = f"<in-memory {type(model).__name__} {id(model):#x}>"
         if self._ce.num_labels != 1:
             raise RagRerankError(
                 f"model {model!r} has {self._ce.num_labels} output labels; a reranker needs exactly 1 score per pair"

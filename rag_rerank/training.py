@@ -329,7 +329,9 @@ def train_reranker(
     if evaluator is not None and eval_samples is not None:
         raise ValueError("pass eval_samples or evaluator, not both")
     if evaluator is None and eval_samples:
-        evaluator = RerankingEvaluator(eval_samples, at_k=10, name="val", show_progress_bar=False)
+        # windows, like Reranker: the checkpoint kept is the best one as it will be served (README: ablation)
+        evaluator = RerankingEvaluator(eval_samples, at_k=10, name="val", show_progress_bar=False,
+                                       long_documents="window")
     builder = _group_columns if cfg.loss == "listwise" else _pair_columns
     columns, dropped = builder(list(train_groups), cfg.train_group_size, cfg.seed)
     if not columns["query"]:

@@ -167,3 +167,53 @@ def test_sanity_gate_plateau_fires_when_ranking_did_not_move_from_its_start() ->
         gate.on_log(None, _State(step), control, logs={"loss": 1.61})
     gate.on_evaluate(None, _State(10), control, metrics={"eval_mrr": 0.80, "eval_base_mrr": 0.75})
     assert gate.fired and "sits at" in gate.message
+
+
+def test_window_mode_scores_like_the_served_reranker(tiny_cross_encoder_dir: Path) -> None:
+    """long_documents='window' ranks with Reranker's windows (as the model is served), None with truncation."""
+    from sentence_transformers import CrossEncoder
+
+    from rag_rerank.reranker import Reranker
+
+    words = [f"w{i}x" for i in range(400)]
+    docs = [" ".join(words[i * 7: i * 7 + 90]) for i in range(6)]  # each far past 32 tokens
+    samples = [{"query": f"{words[i * 7 + 60]} {words[i * 7 + 70]}", "positive": [docs[i]], "documents": docs}
+               for i in range(6)]
+    ce = CrossEncoder(str(tiny_cross_encoder_dir), max_length=32)
+
+    def mrr_from(scores: np.ndarray) -> float:
+        rr = []
+        for i in range(len(samples)):
+            sc = scores[i * 6: (i + 1) * 6]
+            order = sorted(range(6), key=lambda j, sc=sc: (-sc[j], j))
+            rr.append(reciprocal_rank([int(j == i) for j in order], 10))
+        return float(np.mean(rr))
+
+    pairs = [(s["query"], d) for s in samples for d in s["documents"]]
+    # the same batch size as the evaluator's: identical batches give bit-identical scores (a tiny random model's
+    # scores are close together, so the ranking must not depend on batching noise)
+    served = Reranker(str(tiny_cross_encoder_dir), max_length=32, activation="none", batch_size=64).predict(pairs)
+    cut = ce.predict(pairs, batch_size=64, activation_fn=__import__("torch").nn.Identity())
+    assert np.abs(served - cut).max() > 1e-6  # windows see past token 32: the two policies differ here
+    window = RerankingEvaluator(samples, name="v", write_csv=False, long_documents="window")(ce)
+    plain = RerankingEvaluator(samples, name="v", write_csv=False)(ce)
+    assert window["v_mrr@10"] == pytest.approx(mrr_from(served))
+    assert plain["v_mrr@10"] == pytest.approx(mrr_from(cut))
+    with pytest.raises(ValueError, match="long_documents"):
+        RerankingEvaluator(samples, long_documents="max")
+
+
+def test_reranker_over_an_in_memory_model_equals_the_folder_and_caches_nothing(tiny_cross_encoder_dir: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from rag_rerank.reranker import Reranker
+
+    pairs = [("q one", "a short passage"), ("q two", " ".join(["long"] * 200)), ("q one", "a short passage")]
+    in_memory = Reranker(CrossEncoder(str(tiny_cross_encoder_dir)), max_length=48)
+    from_folder = Reranker(str(tiny_cross_encoder_dir), max_length=48)
+    np.testing.assert_allclose(in_memory.predict(pairs), from_folder.predict(pairs), atol=1e-6)
+    assert in_memory.cache_info().size == 0 and from_folder.cache_info().size == 2
+    with pytest.raises(ValueError, match="pass its folder"):
+        Reranker(CrossEncoder(str(tiny_cross_encoder_dir)), backend="onnx")
+    with pytest.raises(TypeError, match="CrossEncoder"):
+        Reranker(object())  # type: ignore[arg-type]
