@@ -1,4 +1,4 @@
-"""Benchmark reranking backends on CPU: sentence-transformers CrossEncoder.predict vs ours (torch, onnx, onnx-int8).
+"""Benchmark reranking backends on CPU: sentence-transformers CrossEncoder.predict vs ours (torch, ONNX, OpenVINO).
 
 Pairs: SQuAD dev queries with their BM25 top-20 / top-100 paragraphs, 256-token budget (pairs longer than
 that are truncated exactly like ``CrossEncoder.predict``: ``long_documents="truncate"``).
@@ -13,11 +13,16 @@ Figures per model and backend (all in one process, same pairs):
   ``2 * L * (4*H*H + 2*H*I) * S`` (Q, K, V, output and the two FFN matmuls) ``+ 4 * L * S*S * H``
   (Q K^T and attention x V); embeddings, norms, softmax and the head are ignored (< 1%).
 
-Models: ``embedded:minilm-ce`` (MiniLM-L6, 384-d) and a bge-reranker-base-shaped model (XLM-R config, 12 layers,
-768-d, random weights, MiniLM tokenizer so vocab_size matches), built once into the rag-rerank cache.
+Models: a MiniLM-L6 cross-encoder (384-d; ``--minilm-model``, default ``embedded:minilm-ce``, whose head is
+untrained: pass a fine-tuned model folder to measure parity on the scores a user really ranks with) and a
+bge-reranker-base-shaped model (XLM-R config, 12 layers, 768-d, random weights, MiniLM tokenizer so vocab_size
+matches), built once into the rag-rerank cache.
 
-Run:  .venv/bin/python pipelines/bench_rerank.py            (about 8 minutes on a quiet 2-core CPU)
-      .venv/bin/python pipelines/bench_rerank.py --minilm-queries 20 --bge-queries 5 --bge-top100-queries 2
+``openvino-int8`` is calibrated on the model folder's ``train_groups.jsonl`` when it has one (what
+``rag-rerank train`` writes), else on the BM25 top-16 of 16 SQuAD queries that are not timed.
+
+Run:  .venv/bin/python pipelines/bench_rerank.py            (about 10 minutes on a quiet 2-core CPU)
+      .venv/bin/python pipelines/bench_rerank.py --minilm-model runs/squad_benchmark/reranker --minilm-queries 20
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from rag_rerank.retrieval.bm25 import doc_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared")) / "data" / "squad" / "beir"
-BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8")
+BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+CALIBRATION_QUERIES = 16
 BGE_SHAPED_VERSION = "v1"
 logger = logging.getLogger("bench_rerank")
 
@@ -104,7 +110,7 @@ def squad_candidates(n_queries: int, top_k: int = 100) -> tuple[list[str], list[
     }
 
 
-def make_scorer(backend: str, model: str, max_length: int, threads: int):
+def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None):
     if backend == "st-predict":
         ce = load_cross_encoder(model, device="cpu", max_length=max_length)
 
@@ -114,16 +120,24 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int):
 
         return score
     rr = Reranker(model, backend=backend, device="cpu", max_length=max_length, long_documents="truncate",
-                  cache_size=0, num_threads=threads, batch_size=32)
-    return rr.predict
+                  cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration)
+    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+        return rr.predict(pairs)
+
+    score.precision = getattr(rr._backend, "effective_precision", None)  # type: ignore[attr-defined]
+    return score
 
 
 def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int, n_top100: int) -> dict:
     from scipy.stats import spearmanr
     from transformers import AutoConfig, AutoTokenizer
 
-    qids, lists, extra = squad_candidates(max(n_queries, n_top100))
+    n_timed = max(n_queries, n_top100)
+    qids, lists, extra = squad_candidates(n_timed + CALIBRATION_QUERIES)
+    calib_lists, qids, lists = lists[n_timed:], qids[:n_timed], lists[:n_timed]
     path = resolve_model_path(model, role="cross-encoder")
+    own_calibration = (path / "train_groups.jsonl").is_file()
+    calibration = None if own_calibration else [p for lst in calib_lists for p in lst[:16]]
     config = AutoConfig.from_pretrained(str(path))
     tok = AutoTokenizer.from_pretrained(str(path))
     calls = [("top20", lists[i][:20]) for i in range(n_queries)] + [("top100", lists[i]) for i in range(n_top100)]
@@ -133,11 +147,14 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
     total_flops = sum(flops_per_pair(config, n) for n in lengths)
     out: dict = {"model": model, "queries_top20": n_queries, "queries_top100": n_top100, "pairs_timed": len(all_pairs),
                  "mean_tokens_per_pair": float(np.mean(lengths)),
-                 "gflops_per_pair_mean": total_flops / len(all_pairs) / 1e9, "backends": {}}
+                 "gflops_per_pair_mean": total_flops / len(all_pairs) / 1e9,
+                 "int8_calibration": "the model's train_groups.jsonl" if own_calibration else
+                 f"BM25 top-16 of {CALIBRATION_QUERIES} untimed SQuAD queries", "backends": {}}
     top20_scores: dict[str, np.ndarray] = {}
     for backend in args.backends:
         t = time.perf_counter()
-        score = make_scorer(backend, model, args.max_length, args.threads)
+        score = make_scorer(backend, model, args.max_length, args.threads,
+                            calibration if backend == "openvino-int8" else None)
         load_s = time.perf_counter() - t
         score(lists[0][:4])  # warm-up
         lat: dict[str, list[float]] = {"top20": [], "top100": []}
@@ -152,6 +169,8 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
         top20_scores[backend] = np.concatenate(q_scores)
         row = {"load_or_export_s": round(load_s, 2), "pairs_per_s": len(all_pairs) / busy,
                "achieved_gflops": total_flops / busy / 1e9}
+        if getattr(score, "precision", None):
+            row["inference_precision"] = score.precision
         for kind, vals in lat.items():
             if vals:
                 row[f"{kind}_p50_ms"] = float(np.percentile(vals, 50) * 1e3)
@@ -160,7 +179,8 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
                for i, q in enumerate(qids[:n_queries])}
         row["mrr@10"] = evaluate(run, {q: extra["qrels"][q] for q in run}, ["mrr@10"])["mrr@10"]
         out["backends"][backend] = row
-        logger.info("%s %s: %s", name, backend, json.dumps({k: round(v, 3) for k, v in row.items()}))
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+        logger.info("%s %s: %s", name, backend, json.dumps(shown))
     base = out["backends"].get("st-predict", {}).get("pairs_per_s")
     ref = top20_scores.get("torch")
     for backend, row in out["backends"].items():
@@ -183,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bge-queries", type=int, default=2, help="queries timed at top-20 (bge-shaped)")
     parser.add_argument("--bge-top100-queries", type=int, default=0, help="queries timed at top-100 (bge-shaped)")
     parser.add_argument("--models", nargs="+", default=["minilm", "bge"], choices=["minilm", "bge"])
+    parser.add_argument("--minilm-model", default="embedded:minilm-ce",
+                        help="the MiniLM-class model: embedded:minilm-ce (untrained head) or a fine-tuned folder")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=available_cores())
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": os.getloadavg(), "models": {},
     }
     if "minilm" in args.models:
-        result["models"]["minilm"] = bench_model("minilm", "embedded:minilm-ce", args, args.minilm_queries,
+        result["models"]["minilm"] = bench_model("minilm", args.minilm_model, args, args.minilm_queries,
                                                  args.minilm_top100_queries)
     if "bge" in args.models:
         result["models"]["bge-reranker-base-shaped"] = bench_model(

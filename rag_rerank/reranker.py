@@ -28,10 +28,13 @@ Backends (only the forward pass differs; see :mod:`rag_rerank.reranker_backends`
 - ``"onnx"``: the model exported once to ONNX (cached next to the model, reused), fused and run by
   onnxruntime on CPU; scores equal torch's to about 1e-6;
 - ``"onnx-int8"``: the same graph with dynamically quantised int8 weights (per channel, head kept
-  fp32): fastest on CPU, scores close to but not equal to fp32 (check the ranking parity on your
-  data, as ``pipelines/bench_rerank.py`` does).
+  fp32): scores close to but not equal to fp32 (check the ranking parity on your data, as
+  ``pipelines/bench_rerank.py`` does);
+- ``"openvino"`` / ``"openvino-bf16"`` / ``"openvino-int8"``: the model converted once to OpenVINO and run
+  by its CPU plugin at fp32, bf16 or int8 (NNCF, calibrated on your pairs); the fastest on CPU (see
+  :mod:`rag_rerank.reranker_openvino`).
 
-The ONNX backends need ``pip install 'rag-rerank[onnx]'``.
+The ONNX backends need ``pip install 'rag-rerank[onnx]'``, the OpenVINO ones ``'rag-rerank[openvino]'``.
 
 Example:
     >>> rr = Reranker("embedded:minilm-ce")  # doctest: +SKIP
@@ -41,10 +44,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,14 +59,15 @@ from rag_rerank.reranker_backends import (
     TorchBackend,
     check_onnx_installed,
 )
+from rag_rerank.score_cache import CacheInfo, ScoreCache, doc_hash
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+Backend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 Activation = Literal["sigmoid", "none"]
 LongDocuments = Literal["window", "truncate"]
 
@@ -91,61 +92,6 @@ class RerankerConfig:
     autocast: bool = True
 
 
-@dataclass(frozen=True)
-class CacheInfo:
-    """Score-cache counters, like ``functools.lru_cache``'s ``cache_info()``."""
-
-    hits: int
-    misses: int
-    size: int
-    maxsize: int
-
-
-class _ScoreCache:
-    """A thread-safe bounded LRU mapping ``key -> score``."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, str, str]) -> float | None:
-        if self.maxsize <= 0:
-            return None
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple[str, str, str], value: float) -> None:
-        if self.maxsize <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self.hits = self.misses = 0
-
-    def info(self) -> CacheInfo:
-        with self._lock:
-            return CacheInfo(self.hits, self.misses, len(self._data), self.maxsize)
-
-
-def _doc_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 class Reranker:
     """Score ``(query, document)`` pairs with a cross-encoder, fast and with no silent truncation.
 
@@ -153,8 +99,9 @@ class Reranker:
         model: ``embedded:minilm-ce``, a local model folder, a Hugging Face hub id, or a loaded
             ``CrossEncoder`` (torch backend; scored as it is at each call, so the cache is off: the
             training-time evaluator uses this).
-        backend: ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU) or ``"onnx-int8"`` (dynamic int8
-            weights, CPU). The ONNX graphs are exported on first use and cached; see the module docstring.
+        backend: ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU), ``"onnx-int8"`` (dynamic int8 weights,
+            CPU), ``"openvino"`` (fp32), ``"openvino-bf16"`` or ``"openvino-int8"`` (OpenVINO, CPU). Exported
+            models are made on first use and cached; see the module docstring.
         batch_size: pairs (or document windows) per forward pass.
         max_length: tokens per pair; ``None`` uses the model's limit (512 for BERT-style models).
         device: ``cpu``, ``cuda``, ...; ``None`` picks the best available (always ``cpu`` for ONNX).
@@ -168,10 +115,12 @@ class Reranker:
         cache_size: score-cache entries (LRU); ``0`` disables the cache.
         autocast: use bf16 (or fp16) autocast on CUDA; ignored on CPU.
         trust_remote_code: passed to the model loader.
+        calibration_pairs: ``(query, passage)`` pairs that calibrate ``"openvino-int8"`` (default: the model
+            folder's ``train_groups.jsonl``); ignored by the other backends.
 
     Raises:
         BackendNotAvailableError: for an unknown backend, or a model the ONNX export cannot handle.
-        ImportError: for ``onnx``/``onnx-int8`` without the ``rag-rerank[onnx]`` extra.
+        ImportError: for an ONNX or OpenVINO backend without its extra (``rag-rerank[onnx]``/``[openvino]``).
         ModelUnavailableError: when the model cannot be had (offline, not cached, ...).
         ValueError: for invalid settings.
 
@@ -196,14 +145,20 @@ class Reranker:
         cache_size: int = 4096,
         autocast: bool = True,
         trust_remote_code: bool = False,
+        calibration_pairs: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise BackendNotAvailableError(f"backend={backend!r} is not available.\nFix: use one of {list(BACKENDS)}.")
-        onnx = backend != "torch"
-        if onnx:
-            check_onnx_installed()
+        exported = backend != "torch"
+        if exported:
+            if backend.startswith("openvino"):
+                from rag_rerank.reranker_openvino import PRECISIONS, check_openvino_installed
+
+                check_openvino_installed(PRECISIONS[backend])
+            else:
+                check_onnx_installed()
             if device not in (None, "cpu"):
-                raise ValueError(f"backend={backend!r} runs on CPU (onnxruntime); got device={device!r}. Fix: drop it")
+                raise ValueError(f"backend={backend!r} runs on CPU; got device={device!r}. Fix: drop device")
             device = "cpu"
         _check_positive("batch_size", batch_size)
         if max_length is not None:
@@ -224,7 +179,7 @@ class Reranker:
                 model, device=device, max_length=max_length, trust_remote_code=trust_remote_code
             )
         else:  # a model in memory (e.g. mid-training): scored as it is at each call, so nothing is cached
-            if onnx:
+            if exported:
                 raise ValueError(f"backend={backend!r} exports a saved model; pass its folder, not a CrossEncoder")
             if not hasattr(model, "tokenizer") or not hasattr(model, "num_labels"):
                 raise TypeError(f"model must be a name, a folder or a CrossEncoder; got {type(model).__name__}")
@@ -266,8 +221,16 @@ class Reranker:
             cache_size=cache_size,
             autocast=autocast,
         )
-        if onnx:
-            self._backend: TorchBackend | OnnxBackend = OnnxBackend(
+        self._backend: Any
+        if backend.startswith("openvino"):
+            from rag_rerank.reranker_openvino import PRECISIONS, OpenVinoBackend
+
+            self._backend = OpenVinoBackend(
+                self._ce, resolve_model_path(model, role="cross-encoder"), precision=PRECISIONS[backend],
+                num_threads=num_threads, trust_remote_code=trust_remote_code, calibration_pairs=calibration_pairs,
+            )
+        elif exported:
+            self._backend = OnnxBackend(
                 self._ce,
                 resolve_model_path(model, role="cross-encoder"),
                 quantize=backend == "onnx-int8",
@@ -276,7 +239,7 @@ class Reranker:
             )
         else:
             self._backend = TorchBackend(self._ce, num_threads=num_threads, autocast=autocast)
-        self._cache = _ScoreCache(cache_size)
+        self._cache = ScoreCache(cache_size)
         # everything that changes a score is part of the cache's model key
         self._cache_model_key = f"{model}|{backend}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
 
@@ -318,7 +281,7 @@ class Reranker:
         out = np.empty(len(checked), dtype=np.float32)
         pending: dict[tuple[str, str, str], list[int]] = {}
         for i, (q, d) in enumerate(checked):
-            key = (self._cache_model_key, q, _doc_hash(d))
+            key = (self._cache_model_key, q, doc_hash(d))
             if key in pending:
                 pending[key].append(i)
                 continue

@@ -179,9 +179,9 @@ def _check_exportable(ce: CrossEncoder, model_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- cache location and key
-def onnx_dir(model_dir: Path) -> Path:
-    """``<model_dir>/onnx`` when writable, else ``cache_dir()/onnx/<sha256 of the model dir path>``."""
-    local = model_dir / "onnx"
+def artifact_dir(model_dir: Path, kind: str) -> Path:
+    """``<model_dir>/<kind>`` when writable, else ``cache_dir()/<kind>/<sha256 of the model dir path>``."""
+    local = model_dir / kind
     try:
         local.mkdir(exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=local, prefix=".probe-"):
@@ -189,9 +189,14 @@ def onnx_dir(model_dir: Path) -> Path:
         return local
     except OSError:
         digest = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
-        fallback = cache_dir() / "onnx" / digest
+        fallback = cache_dir() / kind / digest
         fallback.mkdir(parents=True, exist_ok=True)
         return fallback
+
+
+def onnx_dir(model_dir: Path) -> Path:
+    """Where the ONNX graphs of ``model_dir`` are cached (see :func:`artifact_dir`)."""
+    return artifact_dir(model_dir, "onnx")
 
 
 def onnx_model_path(model_dir: Path, *, quantize: bool) -> Path:
@@ -214,20 +219,25 @@ def _file_sha256(path: Path) -> str:
     return _HASH_MEMO[memo_key]
 
 
-def export_key(model_dir: Path, *, quantize: bool) -> str:
-    """sha256 of the weights and config files plus the export recipe: a new key means a new export."""
-    import torch
-
+def weights_fingerprint(model_dir: Path) -> dict[str, str]:
+    """sha256 of each weights and config file of ``model_dir`` (what an exported graph was made from)."""
     files = sorted({p for name in _WEIGHT_FILES for p in [model_dir / name] if p.is_file()})
     files += sorted(model_dir.glob("model-*.safetensors")) + sorted(model_dir.glob("pytorch_model-*.bin"))
     if not any(f.name != "config.json" for f in files):
         raise BackendNotAvailableError(f"{model_dir} has no weights file (model.safetensors or pytorch_model.bin)")
+    return {f.name: _file_sha256(f) for f in files}
+
+
+def export_key(model_dir: Path, *, quantize: bool) -> str:
+    """sha256 of the weights and config files plus the export recipe: a new key means a new export."""
+    import torch
+
     recipe = {
         "version": EXPORT_VERSION,
         "opset": OPSET,
         "int8": quantize,
         "torch": torch.__version__.split("+")[0],
-        "files": {f.name: _file_sha256(f) for f in files},
+        "files": weights_fingerprint(model_dir),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 

@@ -107,7 +107,20 @@ def test_sanity_gate_fires_on_a_broken_setup(tiny_cross_encoder_dir: Path, tmp_p
     assert warned.verdict.startswith("DID NOT HELP") and "sanity gate warned mid-run" in warned.verdict
 
 
-@pytest.mark.parametrize("scheduler", ["constant_with_warmup", "linear"])
+def test_eval_after_is_the_saved_models_own_validation_score(trained, tiny_cross_encoder_dir: Path) -> None:
+    """eval_after is read from the best checkpoint's logged evaluation; it must equal scoring the saved model."""
+    from sentence_transformers import CrossEncoder
+
+    from rag_rerank.evaluators import RerankingEvaluator
+
+    fresh = RerankingEvaluator(eval_samples(synthetic_groups(12, 1)), name="val", write_csv=False,
+                               long_documents="window")(CrossEncoder(str(trained.output_dir), max_length=32))
+    assert set(trained.eval_after) == {k for k in fresh if "base_" not in k}
+    for k, v in trained.eval_after.items():
+        assert v == pytest.approx(fresh[k], abs=1e-9), k
+
+
+@pytest.mark.parametrize("scheduler", ["constant_with_warmup", "linear", "warmup_stable_decay"])
 def test_lr_schedule_reaches_the_trainer_and_every_checkpoint_is_kept(
         tiny_cross_encoder_dir: Path, tmp_path: Path, scheduler: str) -> None:
     cfg = RerankerTrainingConfig(max_steps=12, lr_scheduler=scheduler, warmup_ratio=0.25, logging_steps=1,
@@ -122,6 +135,10 @@ def test_lr_schedule_reaches_the_trainer_and_every_checkpoint_is_kept(
     after = lrs[3:]
     if scheduler == "constant_with_warmup":
         assert max(after) == pytest.approx(min(after))
+    elif scheduler == "warmup_stable_decay":  # 3 warm-up, 6 stable, 3 decay steps (decay_ratio 0.25)
+        stable, decay = after[:6], after[6:]
+        assert max(stable) == pytest.approx(min(stable)) and max(decay) <= stable[0]
+        assert all(a > b for a, b in zip(decay, decay[1:], strict=False)) and decay[-1] < 0.6 * stable[0]
     else:
         assert all(a > b for a, b in zip(after, after[1:], strict=False)) and after[-1] < 0.2 * after[0]
 

@@ -7,6 +7,7 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,12 +84,15 @@ def _alphas(value: str | None, names: list[str], models: tuple[str, ...]) -> dic
               help="Bootstrap / randomisation resamples.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Reranker batch size.")
 @click.option("--device", default=None, help="Torch device for the reranker(s).")
+@click.option("--backend", default="torch", show_default=True,
+              type=click.Choice(["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"]),
+              help="Reranker inference backend (the exported ones run on CPU; see rag_rerank.reranker).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Report folder: report.md, report.json, metrics.png, gold_rank_hist.png.")
 def evaluate_cmd(
     beir_dir: Path, index_dir: Path | None, models: tuple[str, ...], names: tuple[str, ...], top_k_rerank: int,
     first_stage_depth: int, interpolate: str | None, sample: int | None, seed: int, split: str,
-    metrics: tuple[str, ...], n_resamples: int, batch_size: int, device: str | None, out_dir: Path,
+    metrics: tuple[str, ...], n_resamples: int, batch_size: int, device: str | None, backend: str, out_dir: Path,
 ) -> None:
     """Compare bm25, dense, hybrid and hybrid + each reranker on a BEIR folder's queries.
 
@@ -115,15 +119,21 @@ def evaluate_cmd(
         logger.info("no --index: building a temporary in-memory hybrid index (BM25 + embedded:minilm) over %d docs "
                     "of %s; pass --index to reuse one", len(corpus), beir_dir)
         index = HybridRetriever().index(corpus)
+    rerankers: dict[str, Any] = dict(zip(system_names, models, strict=True))
+    if backend != "torch":
+        from rag_rerank.reranker import Reranker
+
+        rerankers = {n: Reranker(m, backend=backend, batch_size=batch_size) for n, m in rerankers.items()}
     result = evaluate_systems(
         corpus, queries, qrels, index=index, index_dir=index_dir,
-        rerankers=dict(zip(system_names, models, strict=True)), top_k_rerank=top_k_rerank,
+        rerankers=rerankers, top_k_rerank=top_k_rerank,
         first_stage_depth=first_stage_depth, interpolate=_alphas(interpolate, system_names, models),
         metrics=metrics or REPORT_METRICS,
         sample=sample, seed=seed, n_resamples=n_resamples, batch_size=batch_size, device=device,
     )
     result["settings"]["beir"] = str(beir_dir)
     result["settings"]["split"] = split
+    result["settings"]["backend"] = backend
     result["command"] = _command_line(click.get_current_context())
     result["wall_s"] = round(time.perf_counter() - start, 1)
     write_report(result, out_dir)

@@ -82,7 +82,8 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
 @click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per group.")
 @click.option("--max-length", type=int, default=None, help="Query + passage tokens (default 256).")
 @click.option("--lr-scheduler", default=None,
-              help="After warm-up: constant_with_warmup (default) or linear, or any transformers scheduler name.")
+              help="After warm-up: constant_with_warmup (default), warmup_stable_decay (constant, then a cosine "
+                   "decay over the last 25% of steps) or linear, or any transformers scheduler name.")
 @click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True)
 @click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
 @click.option("--precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto", show_default=True,

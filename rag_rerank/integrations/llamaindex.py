@@ -99,6 +99,10 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     interpolation_norm: Literal["minmax", "zscore"] = Field(
         default="minmax", description="How both score lists are normalised before interpolation ('auto': zscore)."
     )
+    backend: str = Field(
+        default="torch", description="Inference backend: torch, onnx, onnx-int8, openvino, openvino-bf16 or "
+                                     "openvino-int8 (see rag_rerank.reranker; the exported ones run on CPU)."
+    )
     cache_size: int = Field(default=4096, ge=0, description="Score-cache entries (LRU); 0 disables it.")
     trust_remote_code: bool = Field(default=False, description="Whether to trust remote code when loading.")
 
@@ -111,6 +115,7 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         self._alpha, self._norm = self._resolve_alpha()
         self._reranker = Reranker(
             self.model,
+            backend=self.backend,
             batch_size=self.batch_size,
             max_length=self.max_length,
             device=self.device,
