@@ -44,7 +44,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "backend_parity.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("rag_rerank").setLevel(logging.INFO)
+    for name in ("rag_rerank", logger.name):
+        logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
     headline = json.loads(args.headline.read_text())
     model = args.work / "reranker"

@@ -118,7 +118,9 @@ def _script_path() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="The same chain on a small slice (CI smoke run).")
-    ap.add_argument("--data", type=Path, default=SQUAD, help="SQuAD dev in BEIR format.")
+    ap.add_argument("--data", type=Path, default=SQUAD,
+                    help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv); default SQuAD dev. Any corpus "
+                         "works unchanged: its documents play the user's, its queries the real ones.")
     ap.add_argument("--work", type=Path, default=None, help="Work folder (default runs/squad_benchmark[_quick]).")
     ap.add_argument("--out", type=Path, default=None, help="Result JSON.")
     ap.add_argument("--seed", type=int, default=0)
@@ -139,7 +141,7 @@ def main() -> int:
     out_json = args.out or (work / "squad_headline_quick.json" if args.quick
                             else REPO / "pipelines" / "results" / "squad_headline.json")
     if not (args.data / "corpus.jsonl").is_file():
-        raise SystemExit(f"{args.data}: no SQuAD BEIR folder (corpus.jsonl); pass --data")
+        raise SystemExit(f"{args.data}: no BEIR folder (corpus.jsonl missing); pass --data DIR")
     t0 = time.perf_counter()
     times_file = work / "stage_times.json"
     # seconds each stage took when it actually ran (a resumed run keeps the time of the run that did the work)

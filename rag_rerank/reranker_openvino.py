@@ -1,8 +1,8 @@
 """OpenVINO forward passes for :class:`rag_rerank.reranker.Reranker`: fp32, bf16 and int8 on CPU.
 
 Why a third runtime: on the reference CPU (2 cores with AVX-512 VNNI and BF16), OpenVINO's CPU plugin ran
-MiniLM-L6 at 1.6x ``CrossEncoder.predict`` in fp32, 3.3x in bf16 and 4.3x in int8, where onnxruntime's
-best (dynamic int8) reached 1.8x (``pipelines/bench_rerank.py``; the README has the table).
+a fine-tuned MiniLM-L6 at 1.5x ``CrossEncoder.predict`` in fp32, 2.6x in bf16 and 3.3x in int8, where
+onnxruntime's best (dynamic int8) reached 2.2x (``pipelines/bench_rerank.py``; the README has the table).
 
 - ``"openvino"``: the model converted once to OpenVINO IR (fp32 weights) and run at fp32 inference
   precision. OpenVINO would otherwise pick bf16 by itself on CPUs with native bf16, so the precision is

@@ -12,19 +12,11 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from word_pairs import WORDS  # noqa: E402
+from word_pairs import random_pairs as _pairs
+
 from rag_rerank.reranker import BackendNotAvailableError, Reranker  # noqa: E402
 from rag_rerank.reranker_openvino import calibration_from_model_dir  # noqa: E402
-
-WORDS = (
-    "the river runs north past the old mill while the capital city of france hosts a summer festival "
-    "and farmers bring apples pears cheese bread to the market square every saturday morning"
-).split()
-
-
-def _pairs(seed: int = 0, n: int = 24) -> list[tuple[str, str]]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 120, size=n)
-    return [(f"what about {' '.join(rng.choice(WORDS, 3))}?", " ".join(rng.choice(WORDS, k))) for k in lengths]
 
 
 def _cpu_has_native_bf16() -> bool:

@@ -61,3 +61,52 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
         assert r["real"]["oracle_mrr@10_by_alpha"]["0"] == pytest.approx(r["real"]["systems"]["hybrid"]["mrr@10"])
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
     assert json.loads(abl.read_text())["rows"] == rows
+
+
+def _stsb_as_beir(stsb: Path, out: Path) -> Path:
+    """A second, different corpus in BEIR form: STS-b dev sentences (news, captions, forums; no titles).
+
+    Queries are the first sentences of pairs that humans scored >= 4 (near paraphrases); the relevant document is
+    the pair's second sentence; the corpus is every distinct second sentence.
+    """
+    docs: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    qrels: list[tuple[str, str]] = []
+    for line in (stsb / "sts-dev.csv").read_text(encoding="utf-8").splitlines():
+        cols = line.split("\t")
+        if len(cols) < 7:
+            continue
+        score, s1, s2 = float(cols[4]), cols[5].strip(), cols[6].strip()
+        doc_id = docs.setdefault(s2, f"sts-{len(docs)}")
+        if score >= 4.0 and s1 not in queries.values():
+            qid = f"q{len(queries)}"
+            queries[qid] = s1
+            qrels.append((qid, doc_id))
+    out.mkdir(parents=True)
+    (out / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in docs.items()))
+    (out / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (out / "qrels").mkdir()
+    rows = "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
+    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return out
+
+
+@pytest.mark.slow
+def test_quick_chain_runs_unchanged_on_a_second_corpus(tmp_path: Path) -> None:
+    """Issue 6's generalisation: the same command on a different BEIR folder (STS-b sentences) needs no change."""
+    from conftest import STSB
+
+    if not (STSB / "sts-dev.csv").is_file():
+        pytest.skip(f"STS-b not found at {STSB}")
+    pytest.importorskip("xllamacpp")
+    beir = _stsb_as_beir(STSB, tmp_path / "stsb-beir")
+    out = tmp_path / "stsb.json"
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "squad_benchmark.py"), "--quick", "--data",
+                           str(beir), "--work", str(tmp_path / "work"), "--out", str(out), "--no-bi-encoder",
+                           "--n-resamples", "200"], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["queries"] == 40
+    assert {"bm25", "dense", "hybrid", "hybrid+finetuned"} <= set(res["systems"])
+    # the documents really are the STS sentences (written as files, one per document, titled by id)
+    assert len(list((tmp_path / "work" / "docs").rglob("*.txt"))) >= 40
