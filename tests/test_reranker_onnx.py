@@ -13,7 +13,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from scipy.stats import spearmanr  # noqa: E402
-from word_pairs import WORDS  # noqa: E402
+from word_pairs import (
+    WORDS,  # noqa: E402
+    private_copy,  # noqa: E402
+)
 from word_pairs import random_pairs as _pairs
 
 from rag_rerank.errors import RagRerankError  # noqa: E402
@@ -24,10 +27,7 @@ from rag_rerank.reranker_backends import export_key, onnx_dir  # noqa: E402
 @pytest.fixture(scope="module")
 def sharp_dir(make_sharp_cross_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the sharp tiny cross-encoder (its onnx/ folder is written by these tests)."""
-    src = make_sharp_cross_encoder(_pairs(seed=99))
-    dst = tmp_path_factory.mktemp("onnx-sharp") / "model"
-    shutil.copytree(src, dst)
-    return dst
+    return private_copy(make_sharp_cross_encoder(_pairs(seed=99)), tmp_path_factory.mktemp("onnx-sharp"))
 
 
 def test_onnx_fp32_equals_torch(sharp_dir: Path) -> None:

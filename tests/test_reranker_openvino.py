@@ -12,7 +12,10 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from word_pairs import WORDS  # noqa: E402
+from word_pairs import (
+    WORDS,  # noqa: E402
+    private_copy,  # noqa: E402
+)
 from word_pairs import random_pairs as _pairs
 
 from rag_rerank.reranker import BackendNotAvailableError, Reranker  # noqa: E402
@@ -28,10 +31,7 @@ def _cpu_has_native_bf16() -> bool:
 @pytest.fixture(scope="module")
 def sharp_dir(make_sharp_cross_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the sharp tiny cross-encoder (its openvino/ folder is written by these tests)."""
-    src = make_sharp_cross_encoder(_pairs(seed=99))
-    dst = tmp_path_factory.mktemp("ov-sharp") / "model"
-    shutil.copytree(src, dst)
-    return dst
+    return private_copy(make_sharp_cross_encoder(_pairs(seed=99)), tmp_path_factory.mktemp("ov-sharp"))
 
 
 def test_openvino_fp32_equals_torch(sharp_dir: Path) -> None:

@@ -1,6 +1,9 @@
-"""Random (query, passage) pairs over a small vocabulary, shared by the reranker backend tests."""
+"""Helpers shared by the reranker backend tests: random (query, passage) pairs, private model copies."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -15,3 +18,10 @@ def random_pairs(seed: int = 0, n: int = 24) -> list[tuple[str, str]]:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 120, size=n)
     return [(f"what about {' '.join(rng.choice(WORDS, 3))}?", " ".join(rng.choice(WORDS, k))) for k in lengths]
+
+
+def private_copy(model_dir: Path, parent: Path) -> Path:
+    """Copy a model folder into ``parent/model``, so a test may write export caches beside it."""
+    dst = parent / "model"
+    shutil.copytree(model_dir, dst)
+    return dst
