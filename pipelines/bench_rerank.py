@@ -111,6 +111,7 @@ def squad_candidates(n_queries: int, top_k: int = 100) -> tuple[list[str], list[
 
 
 def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None):
+    """A ``score(pairs) -> np.ndarray`` for ``backend``, and the inference precision it reports (or None)."""
     if backend == "st-predict":
         ce = load_cross_encoder(model, device="cpu", max_length=max_length)
 
@@ -118,14 +119,11 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int, calibra
             with torch_threads(threads):
                 return np.asarray(ce.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float32)
 
-        return score
+        return score, None
     rr = Reranker(model, backend=backend, device="cpu", max_length=max_length, long_documents="truncate",
                   cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration)
-    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
-        return rr.predict(pairs)
-
-    score.precision = getattr(rr._backend, "effective_precision", None)  # type: ignore[attr-defined]
-    return score
+    # OpenVINO reports the precision it really runs at (bf16 only where the CPU has it natively)
+    return rr.predict, getattr(rr._backend, "effective_precision", None)
 
 
 def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int, n_top100: int) -> dict:
@@ -153,7 +151,7 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
     top20_scores: dict[str, np.ndarray] = {}
     for backend in args.backends:
         t = time.perf_counter()
-        score = make_scorer(backend, model, args.max_length, args.threads,
+        score, precision = make_scorer(backend, model, args.max_length, args.threads,
                             calibration if backend == "openvino-int8" else None)
         load_s = time.perf_counter() - t
         score(lists[0][:4])  # warm-up
@@ -169,8 +167,8 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
         top20_scores[backend] = np.concatenate(q_scores)
         row = {"load_or_export_s": round(load_s, 2), "pairs_per_s": len(all_pairs) / busy,
                "achieved_gflops": total_flops / busy / 1e9}
-        if getattr(score, "precision", None):
-            row["inference_precision"] = score.precision
+        if precision:
+            row["inference_precision"] = precision
         for kind, vals in lat.items():
             if vals:
                 row[f"{kind}_p50_ms"] = float(np.percentile(vals, 50) * 1e3)

@@ -36,6 +36,7 @@ from rank_bm25 import BM25Okapi
 
 from rag_rerank.io import load_corpus, load_queries, write_json
 from rag_rerank.retrieval import BM25Retriever, DenseRetriever, HybridRetriever, Tokenizer, doc_text
+from rag_rerank.types import ranked
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "squad"
@@ -56,10 +57,6 @@ def make_corpus(size: int, passages: dict, squad_json: Path) -> dict:
             out.append(" ".join(words))
         copy += 1
     return {f"s{i:07d}": {"title": "", "text": t} for i, t in enumerate(out)}
-
-
-def top(scores: dict, k: int) -> list:
-    return sorted(scores, key=lambda d: (-scores[d], d))[:k]
 
 
 def timed(fn, *args, **kwargs):
@@ -138,7 +135,8 @@ def main() -> None:
                     hnsw_run, hnsw_s = timed(hnsw.search, queries, 100)
                     row["dense_hnsw_qps"] = len(queries) / hnsw_s
                     row["dense_hnsw_recall@10_vs_flat"] = float(np.mean([
-                        len(set(top(hnsw_run[q], 10)) & set(top(flat_run[q], 10))) / 10 for q in queries]))
+                        len({d for d, _ in ranked(hnsw_run[q], 10)} & {d for d, _ in ranked(flat_run[q], 10)}) / 10
+                        for q in queries]))
                     _, hyb_s = timed(HybridRetriever(bm25, hnsw).search, queries, 100)
                     row["hybrid_hnsw_qps"] = len(queries) / hyb_s
                     print(f"[{size}] hnsw index {row['dense_hnsw_index_s_cached_embeddings']:.1f}s (cached "

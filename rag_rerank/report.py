@@ -174,14 +174,15 @@ def check_index_covers(index: HybridRetriever, qrels: Qrels, where: str = "the i
         )
 
 
-def _load_reranker(model: str | os.PathLike | Reranker, batch_size: int, device: str | None) -> tuple[Any, str]:
+def _load_reranker(model: str | os.PathLike | Reranker, batch_size: int, device: str | None,
+                   backend: str) -> tuple[Any, str]:
     """A loaded reranker (anything with ``.predict(pairs)``) and its model id for the report."""
     if hasattr(model, "predict"):
         config = getattr(model, "config", None)
         return model, str(getattr(config, "model", None) or type(model).__name__)
     from rag_rerank.reranker import Reranker
 
-    return Reranker(str(model), batch_size=batch_size, device=device), str(model)
+    return Reranker(str(model), batch_size=batch_size, device=device, backend=backend), str(model)
 
 
 def evaluate_systems(
@@ -203,6 +204,7 @@ def evaluate_systems(
     n_resamples: int = 10000,
     batch_size: int = 32,
     device: str | None = None,
+    backend: str = "torch",
     show_progress_bar: bool | None = None,
 ) -> dict[str, Any]:
     """Compare bm25, dense, hybrid and hybrid + each reranker on the same (sampled) queries.
@@ -222,7 +224,8 @@ def evaluate_systems(
         sample: evaluate a random sample of this many queries (``None``: all), drawn with ``seed``.
         seed: sampling and bootstrap seed.
         n_resamples: bootstrap / randomisation resamples.
-        batch_size, device: reranker settings for models given by name.
+        batch_size, device, backend: reranker settings for models given by name (``backend``: see
+            :class:`rag_rerank.reranker.Reranker`; a ``Reranker`` passed in keeps its own).
         show_progress_bar: tqdm bars (``None``: for large jobs).
 
     Returns:
@@ -270,8 +273,10 @@ def evaluate_systems(
         sub_q, top_k=first_stage_depth, show_progress_bar=show_progress_bar, timings=timings
     )
     models: dict[str, str] = {}
+    backends: dict[str, str] = {}
     for name, model in rerankers.items():
-        rr, models[name] = _load_reranker(model, batch_size, device)
+        rr, models[name] = _load_reranker(model, batch_size, device, backend)
+        backends[name] = str(getattr(getattr(rr, "config", None), "backend", "unknown"))
         start = time.perf_counter()
         heads = score_candidates(runs["hybrid"], sub_q, corpus, rr, top_k_rerank, fallback, show_progress_bar)
         runs[f"hybrid+{name}"] = apply_scores(runs["hybrid"], heads, top_k_rerank)
@@ -300,7 +305,8 @@ def evaluate_systems(
         "index": str(index_dir) if index_dir is not None else None,
         "index_config": index.config(),
         "bi_encoder": index.dense.model_name,
-        "rerankers": models, "top_k_rerank": top_k_rerank, "first_stage_depth": first_stage_depth,
+        "rerankers": models, "reranker_backends": backends,
+        "top_k_rerank": top_k_rerank, "first_stage_depth": first_stage_depth,
         "interpolate": alphas, "sample": sample, "seed": seed, "queries_available": len(qrels),
         "reranked_text": "passage text field (no title)",
         "timings_note": "reranked systems: reranking time only (the hybrid first stage is timed separately)",

@@ -222,17 +222,18 @@ class Reranker:
             autocast=autocast,
         )
         self._backend: Any
+        model_dir = resolve_model_path(model, role="cross-encoder") if exported else None
         if backend.startswith("openvino"):
             from rag_rerank.reranker_openvino import PRECISIONS, OpenVinoBackend
 
             self._backend = OpenVinoBackend(
-                self._ce, resolve_model_path(model, role="cross-encoder"), precision=PRECISIONS[backend],
+                self._ce, model_dir, precision=PRECISIONS[backend],
                 num_threads=num_threads, trust_remote_code=trust_remote_code, calibration_pairs=calibration_pairs,
             )
         elif exported:
             self._backend = OnnxBackend(
                 self._ce,
-                resolve_model_path(model, role="cross-encoder"),
+                model_dir,
                 quantize=backend == "onnx-int8",
                 num_threads=num_threads,
                 trust_remote_code=trust_remote_code,

@@ -218,7 +218,8 @@ def export_openvino(ce: CrossEncoder, model_dir: Path, precision: str, *, trust_
     try:
         ov.save_model(model, str(tmp / "openvino_model.xml"), compress_to_fp16=False)
         (tmp / "key.txt").write_text(key)
-        for old in target.parent.glob(f"{target.name.split('-')[0]}-*"):  # earlier weights' variants
+        # one variant per kind: drop those of older weights, recipes or calibration pairs
+        for old in target.parent.glob(f"{target.name.split('-')[0]}-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(OSError):  # OSError: a concurrent run renamed its own copy first; keep that one

@@ -228,6 +228,34 @@ def test_cli_evaluate(beir_dir: Path, index_dir: Path, sharp_reranker: Reranker,
         assert (out / name).stat().st_size > 0
 
 
+def test_cli_evaluate_backend_reaches_the_reranker(beir_dir: Path, index_dir: Path, sharp_reranker: Reranker,
+                                                   tmp_path: Path) -> None:
+    """--backend goes through evaluate_systems to each Reranker: ONNX fp32 ranks as torch does, and says so."""
+    pytest.importorskip("onnxruntime")
+    from word_pairs import private_copy
+
+    from rag_rerank.cli.evaluate import evaluate_cmd
+    from rag_rerank.reranker import BACKENDS
+
+    choices = next(p for p in evaluate_cmd.params if p.name == "backend").type.choices
+    assert tuple(choices) == BACKENDS  # the CLI lists exactly the Reranker's backends
+    model = str(private_copy(Path(sharp_reranker.config.model), tmp_path / "m"))  # the export writes beside it
+    runs = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        res = CliRunner().invoke(main, [
+            "-q", "evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker", model, "--name", "s",
+            "--top-k-rerank", "3", "--first-stage-depth", "8", "--n-resamples", "200", "--backend", backend,
+            "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        runs[backend] = json.loads((out / "report.json").read_text())
+        assert runs[backend]["settings"]["reranker_backends"] == {"s": backend}
+    assert runs["onnx"]["systems"] == runs["torch"]["systems"]
+    bad = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
+                                    model, "--backend", "onnx", "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "runs on CPU" in bad.output, bad.output
+
+
 def test_cli_name_count_mismatch(beir_dir: Path, index_dir: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir),
                                     "--reranker", "a", "--reranker", "b", "--name", "x", "--out", str(tmp_path)])

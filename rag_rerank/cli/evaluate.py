@@ -7,7 +7,6 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -119,21 +118,15 @@ def evaluate_cmd(
         logger.info("no --index: building a temporary in-memory hybrid index (BM25 + embedded:minilm) over %d docs "
                     "of %s; pass --index to reuse one", len(corpus), beir_dir)
         index = HybridRetriever().index(corpus)
-    rerankers: dict[str, Any] = dict(zip(system_names, models, strict=True))
-    if backend != "torch":
-        from rag_rerank.reranker import Reranker
-
-        rerankers = {n: Reranker(m, backend=backend, batch_size=batch_size) for n, m in rerankers.items()}
     result = evaluate_systems(
         corpus, queries, qrels, index=index, index_dir=index_dir,
-        rerankers=rerankers, top_k_rerank=top_k_rerank,
+        rerankers=dict(zip(system_names, models, strict=True)), top_k_rerank=top_k_rerank,
         first_stage_depth=first_stage_depth, interpolate=_alphas(interpolate, system_names, models),
         metrics=metrics or REPORT_METRICS,
-        sample=sample, seed=seed, n_resamples=n_resamples, batch_size=batch_size, device=device,
+        sample=sample, seed=seed, n_resamples=n_resamples, batch_size=batch_size, device=device, backend=backend,
     )
     result["settings"]["beir"] = str(beir_dir)
     result["settings"]["split"] = split
-    result["settings"]["backend"] = backend
     result["command"] = _command_line(click.get_current_context())
     result["wall_s"] = round(time.perf_counter() - start, 1)
     write_report(result, out_dir)
