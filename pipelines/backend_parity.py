@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from rag_rerank.fusion import load_fusion
+from rag_rerank.evaluate.compare import evaluate_systems
 from rag_rerank.io import load_beir, write_json
-from rag_rerank.report import evaluate_systems
-from rag_rerank.reranker import Reranker
+from rag_rerank.rerank.fusion import load_fusion
+from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.retrieval import load_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def main() -> int:
     t0 = time.perf_counter()
     headline = json.loads(args.headline.read_text())
     model = args.work / "reranker"
-    alpha = float(load_fusion(model)["alpha"])
+    alpha = load_fusion(model).alpha
     if alpha != float(headline["fusion"]["alpha"]):
         raise SystemExit(f"{model} is not the headline's model (alpha {alpha} vs {headline['fusion']['alpha']})")
     settings = headline["settings"]
@@ -58,31 +58,31 @@ def main() -> int:
     rerankers = {b: Reranker(str(model), backend=b, cache_size=0) for b in backends}
     res = evaluate_systems(corpus, queries, qrels, index=load_index(args.work / "index-squad"),
                            index_dir=args.work / "index-squad", rerankers=rerankers,
-                           interpolate=dict.fromkeys(backends, alpha), top_k_rerank=settings["top_k"],
+                           alpha=dict.fromkeys(backends, alpha), top_k=settings["top_k"],
                            metrics=METRICS, sample=settings["eval_queries"], seed=settings["seed"], n_resamples=1000)
-    hybrid = res["systems"]["hybrid"]["mrr@10"]
+    hybrid = res.systems["hybrid"]["mrr@10"]
     if abs(hybrid - headline["systems"]["hybrid"]["mrr@10"]) > 1e-9:
         raise SystemExit(f"hybrid MRR@10 {hybrid} differs from the headline's: not the same questions or index")
     fused = f"@{alpha:g}"
     reference = {"alone": headline["systems"]["hybrid+finetuned"],
                  "fused": headline["systems"][f"hybrid+finetuned{fused}"]}
     if args.with_torch:
-        reference = {"alone": res["systems"]["hybrid+torch"], "fused": res["systems"][f"hybrid+torch{fused}"]}
+        reference = {"alone": res.systems["hybrid+torch"], "fused": res.systems[f"hybrid+torch{fused}"]}
     rows = {}
     for b in backends:
-        alone, fus = res["systems"][f"hybrid+{b}"], res["systems"][f"hybrid+{b}{fused}"]
+        alone, fus = res.systems[f"hybrid+{b}"], res.systems[f"hybrid+{b}{fused}"]
         rows[b] = {
             "reranker_alone": alone, "fused": fus,
             "mrr@10_diff_vs_torch": {"alone": alone["mrr@10"] - reference["alone"]["mrr@10"],
                                      "fused": fus["mrr@10"] - reference["fused"]["mrr@10"]},
-            "rerank_s": res["timings_s"].get(f"hybrid+{b}"),
+            "rerank_s": res.timings_s.get(f"hybrid+{b}"),
         }
         rows[b]["within_0.005"] = all(abs(v) <= 0.005 for v in rows[b]["mrr@10_diff_vs_torch"].values())
         logger.info("%s: MRR@10 alone %.4f (%+.4f vs torch), fused %.4f (%+.4f)", b, alone["mrr@10"],
                     rows[b]["mrr@10_diff_vs_torch"]["alone"], fus["mrr@10"], rows[b]["mrr@10_diff_vs_torch"]["fused"])
     write_json(args.out, {
-        "queries": res["queries"], "model": str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model),
-        "alpha": alpha, "hybrid": res["systems"]["hybrid"],
+        "queries": res.queries, "model": str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model),
+        "alpha": alpha, "hybrid": res.systems["hybrid"],
         "torch_reference": "recomputed here" if args.with_torch else f"{args.headline.name} (same questions)",
         "torch": reference, "backends": rows,
         "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0])), *sys.argv[1:]]),

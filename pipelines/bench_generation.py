@@ -27,8 +27,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from openai_stub_server import StubOpenAIServer  # noqa: E402
 
+from rag_rerank.data import SAMPLE_DOCS  # noqa: E402
+from rag_rerank.generate.dataset import create_qa_dataset  # noqa: E402
 from rag_rerank.io import write_json  # noqa: E402
-from rag_rerank.qa_generation import create_qa_dataset  # noqa: E402
 
 
 def _run(docs: str, out: Path, **kw) -> dict:
@@ -48,7 +49,7 @@ def _run(docs: str, out: Path, **kw) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", default=str(REPO / "sample_docs"))
+    ap.add_argument("--docs", default=str(SAMPLE_DOCS))
     ap.add_argument("--chunks", type=int, default=8, help="chunks for the embedded LLM run (0: skip it)")
     ap.add_argument("--stub-chunks", type=int, default=40)
     ap.add_argument("--latency", type=float, default=0.25, help="stub server seconds per request")

@@ -40,13 +40,13 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rag_rerank.evaluation import evaluate  # noqa: E402
+from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.io import load_beir, write_json  # noqa: E402
 from rag_rerank.models import cache_dir, load_cross_encoder, resolve_model_path  # noqa: E402
-from rag_rerank.reranker import Reranker  # noqa: E402
-from rag_rerank.reranker_backends import available_cores, torch_threads  # noqa: E402
-from rag_rerank.retrieval import BM25Retriever  # noqa: E402
-from rag_rerank.retrieval.bm25 import doc_text  # noqa: E402
+from rag_rerank.rerank.backends.base import available_cores, torch_threads
+from rag_rerank.rerank.reranker import Reranker
+from rag_rerank.retrieval import BM25Retriever
+from rag_rerank.retrieval.common import doc_text
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared")) / "data" / "squad" / "beir"
@@ -123,7 +123,7 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int, calibra
     rr = Reranker(model, backend=backend, device="cpu", max_length=max_length, long_documents="truncate",
                   cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration)
     # OpenVINO reports the precision it really runs at (bf16 only where the CPU has it natively)
-    return rr.predict, getattr(rr._backend, "effective_precision", None)
+    return rr.predict, rr.effective_precision
 
 
 def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int, n_top100: int) -> dict:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("sentence_transformers", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("rag_rerank.reranker").setLevel(logging.ERROR)  # truncation to 256 tokens is intended here
+    logging.getLogger("rag_rerank.rerank.reranker").setLevel(logging.ERROR)  # truncation to 256 tokens is intended here
     started = time.perf_counter()
     args.gemm_peak = gemm_peak_gflops(args.threads)
     logger.info("torch fp32 GEMM peak: %.1f GFLOP/s on %d threads", args.gemm_peak, args.threads)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rag_rerank.evaluation import evaluate
+from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.io import load_beir, load_run, write_json
 from rag_rerank.models import cache_dir
 from rag_rerank.retrieval import build_index, load_index, rrf, weighted_fusion

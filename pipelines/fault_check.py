@@ -37,6 +37,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rag_rerank.data import SAMPLE_DOCS
+
 REPO = Path(__file__).resolve().parents[1]
 STUB = REPO / "tests" / "openai_stub_server.py"
 SECRET = "sk-faultcheck-DO-NOT-LEAK-0b7e41c95d"
@@ -47,7 +49,7 @@ def make_messy_folder(folder: Path, n_docs: int = 3, doc_chars: int = 3000) -> P
     """Good sample_docs texts plus a binary, a Latin-1 and an empty file (all with supported extensions)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in DOCS[:n_docs]:
-        text = (REPO / "sample_docs" / name).read_text(encoding="utf-8")[:doc_chars]
+        text = (SAMPLE_DOCS / name).read_text(encoding="utf-8")[:doc_chars]
         (folder / name).write_text(text, encoding="utf-8")
     (folder / "blob.txt").write_bytes(bytes(range(256)) * 8)
     (folder / "latin1.txt").write_bytes(

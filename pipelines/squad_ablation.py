@@ -8,7 +8,7 @@ index). For each model folder it evaluates each checkpoint in ``MODEL/checkpoint
 ``keep_checkpoints=True`` keeps one per evaluation), or the folder itself when it has none:
 
 - **synthetic validation** (the only thing any choice is made on): MRR@10 of the reranker alone over the
-  hybrid top-k, and the fusion alpha chosen there (:func:`rag_rerank.fusion.choose_alpha`);
+  hybrid top-k, and the fusion alpha chosen there (:func:`rag_rerank.rerank.fusion.choose_alpha`);
 - **real SQuAD questions** (a seeded sample; never used for a choice): hybrid, reranker alone, and the fusion
   at the validation-chosen alpha, with paired bootstrap CIs against the hybrid; the whole alpha grid is also
   reported, marked as an oracle view.
@@ -29,14 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.evaluation import compare, evaluate
-from rag_rerank.finetune import validation_run
-from rag_rerank.fusion import DEFAULT_GRID, choose_alpha
+from rag_rerank.evaluate.compare import sample_query_ids
+from rag_rerank.evaluate.metrics import evaluate
+from rag_rerank.evaluate.result import compare
+from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import load_beir, read_json, write_json
-from rag_rerank.qa_output import load_qa_dataset
-from rag_rerank.report import apply_scores, sample_query_ids, score_candidates
-from rag_rerank.reranker import Reranker
+from rag_rerank.rerank.fusion import DEFAULT_GRID, choose_alpha
+from rag_rerank.rerank.reranker import Reranker
+from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.retrieval import load_index
+from rag_rerank.train.finetune import validation_run
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "beir"
@@ -161,17 +163,18 @@ def main() -> int:
                                                           "lr_scheduler", "max_steps") if k in settings},
                 "synthetic_val": {"queries": choice.queries, "first_stage_mrr@10": choice.by_alpha["0"],
                                   "reranker_mrr@10": choice.by_alpha["1"], "chosen_alpha": choice.alpha,
+                                  "best_alpha": choice.best_alpha, "status": choice.status,
                                   "fused_mrr@10": choice.value},
-                "real": {"queries": cmp["queries"], "systems": cmp["systems"],
-                         "delta": {k: {m: {"delta": v[m]["delta"], "ci95": v[m]["ci95"], "p": v[m]["p"]}
-                                       for m in v} for k, v in cmp["delta"].items()},
+                "real": {"queries": cmp.queries, "systems": cmp.systems,
+                         "delta": {k: {m: {"delta": d.delta, "ci95": list(d.ci95), "p": d.p} for m, d in v.items()}
+                                   for k, v in cmp.delta.items()},
                          "oracle_mrr@10_by_alpha": grid},
                 "key": key, "wall_s": round(time.perf_counter() - s, 1),
             })
             logger.info("%s: val reranker %.4f (alpha %.1f -> %.4f); real hybrid %.4f, reranker %.4f, %s %.4f",
                         row_id, choice.by_alpha["1"], choice.alpha, choice.value,
-                        cmp["systems"]["hybrid"]["mrr@10"], cmp["systems"]["reranker"]["mrr@10"], fused,
-                        cmp["systems"][fused]["mrr@10"])
+                        cmp.systems["hybrid"]["mrr@10"], cmp.systems["reranker"]["mrr@10"], fused,
+                        cmp.systems[fused]["mrr@10"])
             write_json(args.out, {"rows": rows, "partial": True})
     write_json(args.out, {
         "rows": rows,

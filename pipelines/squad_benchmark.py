@@ -33,15 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.evaluation import evaluate
-from rag_rerank.finetune import choose_fusion, finetune, validation_run
-from rag_rerank.fusion import load_fusion
+from rag_rerank.evaluate.compare import evaluate_systems, sample_query_ids
+from rag_rerank.evaluate.metrics import evaluate
+from rag_rerank.evaluate.report import write_report
+from rag_rerank.generate.dataset import create_qa_dataset
+from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import load_beir, write_json
-from rag_rerank.qa_generation import create_qa_dataset
-from rag_rerank.qa_output import load_qa_dataset
-from rag_rerank.report import apply_scores, evaluate_systems, sample_query_ids, score_candidates, write_report
-from rag_rerank.reranker import Reranker
+from rag_rerank.rerank.fusion import load_fusion
+from rag_rerank.rerank.reranker import Reranker
+from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.retrieval import build_index, load_index
+from rag_rerank.train.finetune import choose_fusion, finetune, validation_run
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "beir"

@@ -2,7 +2,7 @@
 
     .venv/bin/python pipelines/sts_legacy_fit.py [--base-model embedded:minilm-ce] [--train-n 2000] [--out DIR]
 
-Uses rag_rerank.training.legacy_fit (sentence-transformers 6.2's own CrossEncoder.fit trains but never saves
+Uses rag_rerank.train.legacy.legacy_fit (sentence-transformers 6.2's own CrossEncoder.fit trains but never saves
 to output_path). Writes {out}/mse_evaluation_sts-dev_results.csv and pipelines/results/sts_legacy_fit.json.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 from sentence_transformers import InputExample
 from torch.utils.data import DataLoader
 
-from rag_rerank.evaluators import MSEEvaluator
 from rag_rerank.io import write_json
-from rag_rerank.legacy import legacy_fit
 from rag_rerank.models import load_cross_encoder
+from rag_rerank.train.evaluators import MSEEvaluator
+from rag_rerank.train.legacy import legacy_fit
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark"
 

@@ -15,6 +15,13 @@ class DataError(RagRerankError, ValueError):
     """Bad input data: a malformed file, an empty folder, an unknown split."""
 
 
+class ConfigError(RagRerankError, ValueError):
+    """An invalid setting: a value out of range, an unknown name, options that do not go together.
+
+    A ``ValueError`` too, so ``except ValueError`` keeps working; the CLI prints it as one clean line.
+    """
+
+
 class LLMError(RagRerankError):
     """The LLM server could not be started or reached."""
 

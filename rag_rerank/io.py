@@ -1,24 +1,43 @@
-"""Files on disk: BEIR folders, JSONL, TREC run files, all written atomically.
+"""Files on disk: atomic files and folders, run locks, BEIR folders, JSONL and TREC run files.
 
-Every write goes to a temporary file in the same folder and is renamed over the target, so a crash
-never leaves a half-written file. Readers name the file and line of any malformed record.
+Every write goes to a temporary file (or folder) beside the target and is renamed over it, so a crash never
+leaves a half-written file. Temporary files are created with mode ``0o666`` and folders with ``0o777``, so the
+kernel applies the process umask as for any other file: nothing here reads or changes the umask. Readers name
+the file and line of any malformed record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.errors import DataError
+from rag_rerank.errors import DataError, RagRerankError
 from rag_rerank.types import Corpus, Qrels, Queries, Run, ranked
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+logger = logging.getLogger(__name__)
+
+
+def _temp_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{secrets.token_hex(4)}")
+
+
+def _create_temp_file(path: Path) -> tuple[int, Path]:
+    """An exclusive new file beside ``path``, mode 0o666 minus the umask (as ``open(path, "w")`` would make)."""
+    for _ in range(100):
+        tmp = _temp_name(path, "tmp")
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not create a temporary file", str(path.parent))
 
 
 @contextlib.contextmanager
@@ -31,8 +50,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    fd, tmp = _create_temp_file(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -43,6 +61,104 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike, *, replaceable: Callable[[Path], bool] | None = None, what: str = "folder"
+) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; on success it replaces ``path`` (rename), else it is removed.
+
+    Args:
+        path: the folder to write.
+        replaceable: decides whether an existing, non-empty ``path`` may be replaced (default: never).
+        what: what the folder holds, for the refusal message.
+
+    Raises:
+        DataError: when ``path`` exists and may not be replaced.
+
+    Example:
+        >>> with atomic_dir("idx") as tmp:  # doctest: +SKIP
+        ...     (tmp / "config.json").write_text("{}")
+    """
+    path = Path(path)
+    if path.exists() and (
+        not path.is_dir() or (any(path.iterdir()) and not (replaceable is not None and replaceable(path)))
+    ):
+        raise DataError(f"{path} exists and is not a {what}; refusing to overwrite it. Choose another --out folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path, "tmp")
+    os.mkdir(tmp, 0o777)  # the umask applies, as for any new folder
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = _temp_name(path, "old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder/.lock`` while a run writes into ``folder``.
+
+    The lock is ``flock`` on an open file, so the kernel releases it when the holder dies, however it dies
+    (SIGKILL, a zombie nobody reaps, a container without an init process): a killed run never locks out its own
+    resume. The holder's pid is written in the file, for the message a second run gets.
+
+    Raises:
+        RagRerankError: when another live process holds the lock.
+
+    Example:
+        >>> with run_lock("out/qa"):  # doctest: +SKIP
+        ...     pass
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; concurrent runs are the user's business
+        logger.warning("no file locking on this platform: do not run two jobs on %s at once", folder)
+        yield path
+        return
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = path.read_text(encoding="utf-8").strip() or "?"
+            except OSError:
+                holder = "?"
+            raise RagRerankError(
+                f"{folder} is in use by another {what} (pid {holder}, lock {path}); wait for it to finish, or use "
+                "another --out"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not unlinked by a holder that just finished
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)  # closing releases the flock
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -232,3 +348,27 @@ def load_run(path: str | os.PathLike) -> Run:
         except ValueError as e:
             raise DataError(f"{path}: line {i}: score {parts[4]!r} is not a number") from e
     return run
+
+
+def export_documents(corpus: Corpus, out_dir: str | os.PathLike) -> int:
+    """Write each record of a BEIR corpus as a text file ``out_dir/<id>/<title>.txt`` (idempotent).
+
+    Turns a BEIR corpus into the folder of documents that :func:`rag_rerank.create_qa_dataset` and
+    ``rag-rerank adapt`` read: the loader takes each title from the file name. Files whose text is already
+    there are not rewritten. Returns the number of documents.
+
+    Example:
+        >>> export_documents({"d1": {"title": "Paris", "text": "Paris is in France."}}, "docs")  # doctest: +SKIP
+        1
+    """
+    out = Path(out_dir)
+    n = 0
+    for doc_id in sorted(corpus):
+        doc = corpus[doc_id]
+        name = (doc.get("title") or doc_id).replace("/", "_").replace("\\", "_")[:120] + ".txt"
+        path = out / doc_id / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != doc["text"]:
+            with atomic_write(path) as f:
+                f.write(doc["text"])
+        n += 1
+    return n

@@ -16,7 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared"))
 SQUAD_BEIR = SHARED / "data" / "squad" / "beir"
 STSB = SHARED / "data" / "stsbenchmark"
-SAMPLE_DOCS = REPO / "sample_docs"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from rank_bm25 import BM25Okapi
 
 from rag_rerank.errors import DataError
-from rag_rerank.retrieval import BM25Retriever, Tokenizer, atomic_dir
+from rag_rerank.io import atomic_dir
+from rag_rerank.retrieval import BM25Retriever, Tokenizer
+from rag_rerank.retrieval.common import replaceable_index
 
 
 def _random_corpus(seed: int, n_docs: int, vocab: int, common: tuple[str, ...] = ()) -> list[list[str]]:
@@ -128,7 +130,7 @@ def test_atomic_dir_keeps_old_index_on_failure_and_refuses_foreign_folders(tmp_p
     r = BM25Retriever().index({"a": {"text": "x y"}, "b": {"text": "y z"}, "c": {"text": "q"}})
     r.save(tmp_path / "idx")
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_dir(tmp_path / "idx") as tmp:
+        with atomic_dir(tmp_path / "idx", replaceable=replaceable_index) as tmp:
             (tmp / "config.json").write_text("{}")
             raise RuntimeError("boom")
     assert BM25Retriever.load(tmp_path / "idx").doc_ids == ["a", "b", "c"]

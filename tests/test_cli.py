@@ -68,6 +68,11 @@ def test_stages_reject_a_folder_that_is_not_a_dataset_with_one_clean_line(args, 
     assert len(errors) == 1, proc.stderr
 
 
-def test_version():
+def test_version_is_the_package_version():
+    import importlib.metadata
+
+    import rag_rerank
+
     result = CliRunner().invoke(main, ["--version"])
-    assert result.exit_code == 0 and "rag-rerank" in result.output
+    assert rag_rerank.__version__ == importlib.metadata.version("rag-rerank")  # one version, in the installed metadata
+    assert result.exit_code == 0 and result.output.strip() == f"rag-rerank, version {rag_rerank.__version__}"

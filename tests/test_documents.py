@@ -10,18 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag_rerank.documents import (
-    chunk_documents,
-    chunk_text,
-    html_to_text,
-    load_chunk_tokenizer,
-    load_chunks,
-    load_documents,
-)
+from rag_rerank.data import SAMPLE_DOCS  # noqa: E402
 from rag_rerank.errors import DataError
+from rag_rerank.generate.chunking import chunk_documents, chunk_text, load_chunk_tokenizer, load_chunks
+from rag_rerank.generate.documents import html_to_text, load_documents
 from rag_rerank.types import content_id
-
-SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "sample_docs"
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +142,7 @@ def test_mixed_folder_loads_good_files_and_counts_bad_ones(tmp_path: Path, caplo
     _write_pdf(tmp_path / "doc.pdf", "Hello from a PDF file")
     if hasattr(os, "symlink"):
         os.symlink(tmp_path, tmp_path / "sub" / "loop")  # a symlinked folder is never followed
-    with caplog.at_level(logging.INFO, logger="rag_rerank.documents"):
+    with caplog.at_level(logging.INFO, logger="rag_rerank.generate.documents"):
         docs, report = load_documents(tmp_path)
     by_src = {d.source: d for d in docs}
     assert set(by_src) == {"a.md", "sub/b_notes.txt", "sub/deeper/c.html", "latin.txt", "doc.pdf"}

@@ -8,17 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from rag_rerank.evaluation import (
-    Metric,
-    compare,
-    evaluate,
-    gold_ranks,
-    paired_bootstrap,
-    paired_randomization,
-    parse_metric,
-    per_query,
-    rank_histogram,
-)
+from rag_rerank.evaluate.metrics import Metric, evaluate, gold_ranks, parse_metric, per_query, rank_histogram
+from rag_rerank.evaluate.result import compare
+from rag_rerank.evaluate.significance import paired_bootstrap, paired_randomization
 
 # q1 ranking: d1 d2 d3 d4 d5 (scores .9 .. .5); relevant: d2 (rank 2), d4 (rank 4), d9 (not retrieved)
 RUN = {"q1": {"d1": 0.9, "d2": 0.8, "d3": 0.7, "d4": 0.6, "d5": 0.5}}
@@ -215,17 +207,22 @@ def test_compare_structure_and_json() -> None:
     hybrid = {f"q{i}": {"x": 1.0, f"d{i}": 0.5} for i in range(40)}  # gold at rank 2 everywhere: mrr 0.5
     tuned = {f"q{i}": {f"d{i}": 1.0, "x": 0.5} for i in range(30)}  # gold at rank 1 for 30; 10 missing -> 0
     out = compare({"hybrid": hybrid, "tuned": tuned}, qrels, metrics=["mrr@10", "hit@1"], n_resamples=500)
-    json.dumps(out)  # JSON-serialisable
-    assert out["queries"] == 40 and out["baseline"] == "hybrid" and out["metrics"] == ["mrr@10", "hit@1"]
-    assert out["systems"]["hybrid"]["mrr@10"] == 0.5
-    assert out["systems"]["tuned"]["mrr@10"] == pytest.approx(30 / 40)
-    d = out["delta"]["tuned_vs_hybrid"]["mrr@10"]
-    assert set(out["delta"]) == {"tuned_vs_hybrid"}
-    assert d["delta"] == pytest.approx(30 / 40 - 0.5)
-    assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]
-    assert 0 < d["p"] <= 1 and 0 < d["p_randomization"] <= 1
-    with pytest.raises(ValueError, match="baseline 'bm25'"):
+    assert json.loads(json.dumps(out.to_dict()))["baseline"] == "hybrid"  # JSON-serialisable
+    assert out.queries == 40 and out.baseline == "hybrid" and out.metrics == ["mrr@10", "hit@1"]
+    assert out.systems["hybrid"]["mrr@10"] == 0.5
+    assert out.systems["tuned"]["mrr@10"] == pytest.approx(30 / 40)
+    d = out.get_delta("tuned")
+    assert set(out.delta) == {"tuned_vs_hybrid"}
+    assert d.delta == pytest.approx(30 / 40 - 0.5)
+    assert d.ci95[0] <= d.delta <= d.ci95[1] and d.excludes_zero
+    assert 0 < d.p <= 1 and 0 < d.p_randomization <= 1
+    with pytest.raises(ValueError, match="bm25"):
         compare({"hybrid": hybrid}, qrels, baseline="bm25")
+    # a second baseline: every system against each, and the second against the first (not the reverse)
+    two = compare({"hybrid": hybrid, "tuned": tuned, "other": hybrid}, qrels, baseline=["hybrid", "other"],
+                  metrics=["mrr@10"], n_resamples=200)
+    assert set(two.delta) == {"tuned_vs_hybrid", "other_vs_hybrid", "tuned_vs_other"}
+    assert two.get_delta("tuned", "other").delta == pytest.approx(30 / 40 - 0.5)
 
 
 def test_gold_ranks_and_histogram() -> None:

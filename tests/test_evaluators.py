@@ -9,14 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_rerank.evaluators import (
-    MSEEvaluator,
-    RerankingEvaluator,
-    SanityGateCallback,
-    constant_bce_loss,
-    ndcg_binary,
-    reciprocal_rank,
-)
+from rag_rerank.train.evaluators import MSEEvaluator, RerankingEvaluator
+from rag_rerank.train.guards import SanityGateCallback, constant_bce_loss
 
 
 class FixedScorer:
@@ -30,15 +24,19 @@ class FixedScorer:
         return np.array([self.table.get(tuple(p), self.default) for p in pairs], dtype=np.float32)
 
 
-def test_reciprocal_rank_and_ndcg_by_hand() -> None:
-    assert reciprocal_rank([0, 0, 1], k=10) == pytest.approx(1 / 3)
-    assert reciprocal_rank([0, 0, 1], k=2) == 0.0
-    assert reciprocal_rank([], k=10) == 0.0
-    # one relevant at rank 2: DCG = 1/log2(3), IDCG = 1
-    assert ndcg_binary([0, 1], n_relevant=1, k=10) == pytest.approx(1 / math.log2(3))
-    # two relevant, one retrieved at rank 1: DCG = 1, IDCG = 1 + 1/log2(3) (the missed one counts)
-    assert ndcg_binary([1, 0, 0], n_relevant=2, k=10) == pytest.approx(1 / (1 + 1 / math.log2(3)))
-    assert ndcg_binary([0, 0], n_relevant=0, k=10) == 0.0
+def test_reranking_evaluator_counts_a_missed_positive_in_ndcg_and_an_empty_one_as_zero() -> None:
+    # two positives, one retrieved and put first: DCG = 1, IDCG = 1 + 1/log2(3) (the missed one counts)
+    samples = [{"query": "q", "positive": ["g", "lost"], "documents": ["g", "x", "y"]},
+               {"query": "r", "positive": [], "documents": ["z"]}]
+    m = RerankingEvaluator(samples, at_k=10, name="v", write_csv=False)(FixedScorer({("q", "g"): 3.0}))
+    assert m["v_ndcg@10"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 0.0) / 2)
+    assert m["v_mrr@10"] == pytest.approx((1.0 + 0.0) / 2)
+    # the positive at rank 2 of 3: MRR 1/2 and NDCG 1/log2(3) against one relevant
+    one = [{"query": "q", "positive": ["g"], "documents": ["x", "g", "y"]}]
+    m = RerankingEvaluator(one, at_k=10, name="v", write_csv=False)(FixedScorer({("q", "x"): 9.0, ("q", "g"): 1.0}))
+    assert m["v_mrr@10"] == pytest.approx(0.5) and m["v_ndcg@10"] == pytest.approx(1 / math.log2(3))
+    m = RerankingEvaluator(one, at_k=1, name="v", write_csv=False)(FixedScorer({("q", "x"): 9.0, ("q", "g"): 1.0}))
+    assert m["v_mrr@1"] == 0.0
 
 
 def _samples() -> list[dict]:
@@ -173,7 +171,7 @@ def test_window_mode_scores_like_the_served_reranker(tiny_cross_encoder_dir: Pat
     """long_documents='window' ranks with Reranker's windows (as the model is served), None with truncation."""
     from sentence_transformers import CrossEncoder
 
-    from rag_rerank.reranker import Reranker
+    from rag_rerank.rerank.reranker import Reranker
 
     words = [f"w{i}x" for i in range(400)]
     docs = [" ".join(words[i * 7: i * 7 + 90]) for i in range(6)]  # each far past 32 tokens
@@ -186,7 +184,7 @@ def test_window_mode_scores_like_the_served_reranker(tiny_cross_encoder_dir: Pat
         for i in range(len(samples)):
             sc = scores[i * 6: (i + 1) * 6]
             order = sorted(range(6), key=lambda j, sc=sc: (-sc[j], j))
-            rr.append(reciprocal_rank([int(j == i) for j in order], 10))
+            rr.append(1.0 / (order.index(i) + 1) if order.index(i) < 10 else 0.0)
         return float(np.mean(rr))
 
     pairs = [(s["query"], d) for s in samples for d in s["documents"]]
@@ -206,7 +204,7 @@ def test_window_mode_scores_like_the_served_reranker(tiny_cross_encoder_dir: Pat
 def test_reranker_over_an_in_memory_model_equals_the_folder_and_caches_nothing(tiny_cross_encoder_dir: Path) -> None:
     from sentence_transformers import CrossEncoder
 
-    from rag_rerank.reranker import Reranker
+    from rag_rerank.rerank.reranker import Reranker
 
     pairs = [("q one", "a short passage"), ("q two", " ".join(["long"] * 200)), ("q one", "a short passage")]
     in_memory = Reranker(CrossEncoder(str(tiny_cross_encoder_dir)), max_length=48)

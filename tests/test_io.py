@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from rag_rerank.errors import DataError
+from rag_rerank.errors import DataError, RagRerankError
 from rag_rerank.io import (
     atomic_write,
     iter_jsonl,
@@ -14,6 +19,7 @@ from rag_rerank.io import (
     load_qrels,
     load_run,
     read_json,
+    run_lock,
     save_corpus,
     save_qrels,
     save_queries,
@@ -114,3 +120,48 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     write_json(tmp_path / "x.json", {})
     mode = (tmp_path / "x.json").stat().st_mode & 0o777
     assert mode & 0o044  # readable by group/others under a normal umask, not mkstemp's 0600
+
+
+_HOLDER = """
+import sys, time
+from rag_rerank.io import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_run_lock_refuses_a_live_holder_naming_its_pid(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    holder = _hold_lock(out)
+    try:
+        with pytest.raises(RagRerankError, match=f"pid {holder.pid}"), run_lock(out):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(out) as path:  # released by the kernel when the holder died
+        assert path.read_text() == str(os.getpid())
+    assert not (out / ".lock").exists()
+
+
+def test_run_lock_is_free_at_once_after_sigkill_even_while_the_holder_is_an_unreaped_zombie(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    holder = _hold_lock(out)
+    os.kill(holder.pid, signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{holder.pid}/stat").read_text().split(")")[1].split()[0] != "Z":  # not reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(holder.pid, 0)  # a pid-liveness check still sees the zombie as alive...
+        with run_lock(out):  # ...but the lock went with the process
+            assert (out / ".lock").read_text() == str(os.getpid())
+    finally:
+        holder.wait()

@@ -36,7 +36,7 @@ def sharp_ce_dir(make_sharp_cross_encoder) -> Path:
 
 @pytest.fixture(scope="module")
 def pp(sharp_ce_dir: Path) -> RagRerankPostprocessor:
-    return RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=3, device="cpu")
+    return RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_async_equals_sync(pp: RagRerankPostprocessor) -> None:
 
 
 def test_model_loaded_once_and_reused(sharp_ce_dir: Path) -> None:
-    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=2, device="cpu")
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=2, device="cpu")
     reranker = pp.reranker
     model = reranker.cross_encoder
     pp.postprocess_nodes(_nodes(), query_str=QUERY)
@@ -105,24 +105,26 @@ def test_model_loaded_once_and_reused(sharp_ce_dir: Path) -> None:
     assert reranker.cache_info().hits == len(TEXTS)  # the second call was served by the same reranker's cache
 
 
-def test_top_n_none_keeps_all_and_zero_keeps_none(sharp_ce_dir: Path) -> None:
-    everything = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu")
+def test_top_k_none_keeps_all_and_zero_keeps_none_and_top_n_is_an_alias(sharp_ce_dir: Path) -> None:
+    everything = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=None, device="cpu")
     assert len(everything.postprocess_nodes(_nodes(), query_str=QUERY)) == len(TEXTS)
-    nothing = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=0, device="cpu")
+    nothing = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=0, device="cpu")
     assert nothing.postprocess_nodes(_nodes(), query_str=QUERY) == []
+    llamaindex_style = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=1, device="cpu")
+    assert llamaindex_style.top_k == 1 and len(llamaindex_style.postprocess_nodes(_nodes(), query_str=QUERY)) == 1
 
 
 def test_score_threshold_filters(sharp_ce_dir: Path, ce: Any) -> None:
     expected = _expected(ce, _nodes())
     threshold = float(np.median(expected))
-    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", score_threshold=threshold)
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=None, device="cpu", score_threshold=threshold)
     out = pp.postprocess_nodes(_nodes(), query_str=QUERY)
     assert sorted(_ids(out)) == sorted(f"n{i}" for i, s in enumerate(expected) if s >= threshold)
     assert 0 < len(out) < len(TEXTS)
 
 
 def test_normalize_false_gives_logits(sharp_ce_dir: Path, ce: Any) -> None:
-    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", normalize=False)
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=None, device="cpu", normalize=False)
     out = pp.postprocess_nodes(_nodes(), query_str=QUERY)
     nodes = _nodes()
     pairs = [(QUERY, n.node.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes]
@@ -131,26 +133,25 @@ def test_normalize_false_gives_logits(sharp_ce_dir: Path, ce: Any) -> None:
     assert np.allclose([by_id[f"n{i}"] for i in range(len(nodes))], logits, atol=1e-4, rtol=0)
 
 
-def test_interpolation_hand_computed(sharp_ce_dir: Path, ce: Any) -> None:
+def test_fusion_hand_computed_with_zscores(sharp_ce_dir: Path, ce: Any) -> None:
     retrieval = [3.0, 1.0, None, 2.0, 5.0, 1.0, 4.0]
     nodes = _nodes(retrieval)
     rr = _expected(ce, nodes).astype(float)
     alpha = 0.3
-    rr_norm = (rr - rr.min()) / (rr.max() - rr.min())
     ret = np.array([1.0 if s is None else s for s in retrieval])  # None counts as the minimum (1.0)
-    ret_norm = (ret - 1.0) / (5.0 - 1.0)
-    final = alpha * rr_norm + (1 - alpha) * ret_norm
-    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=4, device="cpu", interpolation_alpha=alpha)
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731 - population std, as the z-score over one query's list
+    final = alpha * z(rr) + (1 - alpha) * z(ret)
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=4, device="cpu", alpha=alpha)
     out = pp.postprocess_nodes(nodes, query_str=QUERY)
     order = sorted(range(len(nodes)), key=lambda i: (-final[i], i))[:4]
     assert _ids(out) == [f"n{i}" for i in order]
     assert np.allclose([n.score for n in out], final[order], atol=1e-4, rtol=0)
     with pytest.raises(ValueError):
-        RagRerankPostprocessor(model=str(sharp_ce_dir), interpolation_alpha=1.5)
+        RagRerankPostprocessor(model=str(sharp_ce_dir), alpha=1.5)
 
 
 def test_keep_retrieval_score_copies_nodes(sharp_ce_dir: Path) -> None:
-    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_n=None, device="cpu", keep_retrieval_score=True)
+    pp = RagRerankPostprocessor(model=str(sharp_ce_dir), top_k=None, device="cpu", keep_retrieval_score=True)
     nodes = _nodes()
     out = pp.postprocess_nodes(nodes, query_str=QUERY)
     original = {n.node.node_id: n for n in nodes}
@@ -201,9 +202,9 @@ def test_inside_a_query_engine(pp: RagRerankPostprocessor) -> None:
 
 @pytest.mark.slow
 def test_done_when_12_squad_passages_embedded_minilm_ce(squad_beir: Path) -> None:
-    """Issue 7: for 12 SQuAD passages, top_n=5 returns them in the order of Reranker.predict scores."""
+    """Issue 7: for 12 SQuAD passages, top_k=5 returns them in the order of Reranker.predict scores."""
     from rag_rerank.io import load_beir
-    from rag_rerank.reranker import Reranker
+    from rag_rerank.rerank.reranker import Reranker
 
     corpus, queries, qrels = load_beir(squad_beir)
     qid = sorted(queries)[0]
@@ -215,7 +216,7 @@ def test_done_when_12_squad_passages_embedded_minilm_ce(squad_beir: Path) -> Non
     nodes = [NodeWithScore(node=TextNode(text=corpus[d]["text"], id_=d), score=1.0 / (r + 1)) for r, d in
              enumerate(passages)]
 
-    pp = RagRerankPostprocessor(model="embedded:minilm-ce", top_n=5, device="cpu")
+    pp = RagRerankPostprocessor(model="embedded:minilm-ce", top_k=5, device="cpu")
     out = pp.postprocess_nodes(nodes, query_str=queries[qid])
 
     scores = Reranker("embedded:minilm-ce", device="cpu").predict([(queries[qid], corpus[d]["text"]) for d in passages])
@@ -228,12 +229,12 @@ def test_done_when_12_squad_passages_embedded_minilm_ce(squad_beir: Path) -> Non
     assert np.allclose(scores, ce_scores, atol=1e-5, rtol=0)
 
 
-def test_interpolation_auto_uses_the_trained_alpha_with_zscores(sharp_ce_dir: Path, ce: Any, tmp_path: Path,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_default_serves_the_fused_system_evaluate_measures(sharp_ce_dir: Path, ce: Any, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     import shutil
 
-    from rag_rerank.fusion import FusionChoice, save_fusion
-    from rag_rerank.report import interpolate_run
+    from rag_rerank.rerank.fusion import FusionChoice, save_fusion
+    from rag_rerank.rerank.runs import interpolate_run
 
     model = tmp_path / "ce"
     shutil.copytree(sharp_ce_dir, model)
@@ -241,16 +242,18 @@ def test_interpolation_auto_uses_the_trained_alpha_with_zscores(sharp_ce_dir: Pa
     retrieval = [3.0, 1.0, 2.5, 2.0, 5.0, 1.5, 4.0]
     nodes = _nodes(retrieval)
     rr = _expected(ce, nodes).astype(float)
-    pp = RagRerankPostprocessor(model=str(model), top_n=None, device="cpu", interpolation_alpha="auto")
-    assert pp.alpha == 0.4
+    pp = RagRerankPostprocessor(model=str(model), top_k=None, device="cpu")  # alpha="auto" by default
+    assert pp.alpha == "auto" and pp.fusion_alpha == 0.4
     out = pp.postprocess_nodes(nodes, query_str=QUERY)
-    # the same order as the evaluated fused system (rag_rerank.report.interpolate_run over all the nodes)
+    # the same order as the evaluated fused system (rag_rerank.rerank.runs.interpolate_run over all the nodes)
     ids = [f"n{i}" for i in range(len(nodes))]
     first_stage = {"q": dict(zip(ids, retrieval, strict=True))}
     fused = interpolate_run(first_stage, {"q": dict(zip(ids, rr, strict=True))}, 0.4, len(nodes))["q"]
     assert _ids(out) == sorted(ids, key=lambda d: -fused[d])
-    with caplog.at_level("WARNING"):
-        plain = RagRerankPostprocessor(model=str(sharp_ce_dir), device="cpu", interpolation_alpha="auto")
-    assert plain.alpha is None and "no fusion.json" in caplog.text
+    assert _ids(out) != sorted(ids, key=lambda d: -rr[ids.index(d)])  # and not the reranker's order alone
+    with caplog.at_level("INFO"):
+        plain = RagRerankPostprocessor(model=str(sharp_ce_dir), device="cpu")
+    assert plain.fusion_alpha is None and "no fusion.json" in caplog.text
+    assert RagRerankPostprocessor(model=str(model), device="cpu", alpha=None).fusion_alpha is None
     with pytest.raises(ValueError):
-        RagRerankPostprocessor(model=str(sharp_ce_dir), interpolation_alpha="sometimes")
+        RagRerankPostprocessor(model=str(sharp_ce_dir), alpha="sometimes")

@@ -23,8 +23,8 @@ from rag_rerank.integrations.llamaindex import (
     format_answer,
     open_query_engine,
 )
-from rag_rerank.integrations.llamaindex_retriever import truncate_text
-from rag_rerank.reranker import Reranker
+from rag_rerank.integrations.llamaindex.query_engine import truncate_text
+from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.retrieval import HybridRetriever, build_index, load_index
 
 QUERY = "which market sells apples on saturday?"
@@ -143,11 +143,11 @@ def test_format_answer_lists_numbered_sources() -> None:
     assert format_answer(Response(response=None)) == "(no answer)\n\nSources:\n(none)"
 
 
-def test_query_engine_sources_are_the_rerankers_top_n(hybrid: HybridRetriever, sharp_ce_dir: Path) -> None:
+def test_query_engine_sources_are_the_rerankers_top_k(hybrid: HybridRetriever, sharp_ce_dir: Path) -> None:
     """Real engine and reranker; MockLLM echoes the prompt, so the test sees what the LLM was given."""
     retriever = RagRerankHybridRetriever(hybrid, similarity_top_k=6)
     engine = build_query_engine(
-        retriever, reranker=str(sharp_ce_dir), top_n=3, llm=MockLLM(), max_chars_per_source=30, device="cpu"
+        retriever, reranker=str(sharp_ce_dir), top_k=3, llm=MockLLM(), max_chars_per_source=30, device="cpu"
     )
     assert isinstance(engine, RetrieverQueryEngine)
     response = engine.query(QUERY)
@@ -206,7 +206,7 @@ def _healthy(base_url: str) -> bool:
 def test_embedded_llm_engine_answers_with_reranked_sources(hybrid: HybridRetriever) -> None:
     """The whole recipe on the packaged models: hybrid retriever -> minilm-ce -> SmolLM2 via llama.cpp."""
     retriever = RagRerankHybridRetriever(hybrid, similarity_top_k=6)
-    reranker = RagRerankPostprocessor(model="embedded:minilm-ce", top_n=3, device="cpu")
+    reranker = RagRerankPostprocessor(model="embedded:minilm-ce", top_k=3, device="cpu")
     with open_query_engine(retriever, reranker=reranker, max_tokens=48, llm_threads=2) as engine:
         base_url = engine._response_synthesizer._llm.api_base
         assert _healthy(base_url)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from rag_rerank.llm import EmbeddedLLMServer, LLMClient, LLMSettings, backoff_delay, open_llm, parse_llm_spec
+from rag_rerank.generate.llm import LLMClient, LLMSettings, open_llm, parse_llm_spec, retry_wait
+from rag_rerank.generate.server import EmbeddedLLMServer
 
 MSGS = [{"role": "user", "content": "Write one question about: Lima is the capital of Peru."}]
 
@@ -25,10 +26,15 @@ def test_parse_llm_spec():
 
 
 def test_backoff_is_full_jitter_and_capped():
-    rng = random.Random(0)
-    for attempt in range(10):
-        delays = [backoff_delay(attempt, 0.5, 8.0, rng) for _ in range(200)]
-        cap = min(8.0, 0.5 * 2**attempt)
+    from tenacity import RetryCallState
+
+    wait = retry_wait(0.5, 8.0)
+    for attempt in range(1, 11):
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        random.seed(attempt)
+        delays = [wait(state) for _ in range(200)]
+        cap = min(8.0, 0.5 * 2 ** (attempt - 1))
         assert all(0 <= d <= cap for d in delays)
         assert max(delays) > cap * 0.8  # actually spreads over the window (jitter), not a constant
 
@@ -69,7 +75,7 @@ def test_server_is_stopped_when_the_caller_is_interrupted(tmp_path):
     script.write_text(
         textwrap.dedent("""
         import sys, time
-        from rag_rerank.llm import EmbeddedLLMServer
+        from rag_rerank.generate.server import EmbeddedLLMServer
         with EmbeddedLLMServer() as s:
             print(s._proc.pid, flush=True)
             time.sleep(60)
@@ -91,7 +97,7 @@ def test_orphaned_server_exits_when_its_parent_is_killed(tmp_path):
     script.write_text(
         textwrap.dedent("""
         import time
-        from rag_rerank.llm import EmbeddedLLMServer
+        from rag_rerank.generate.server import EmbeddedLLMServer
         s = EmbeddedLLMServer().start()
         print(s._proc.pid, flush=True)
         time.sleep(60)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from rag_rerank.errors import DataError
 from rag_rerank.io import load_beir
-from rag_rerank.negatives import MiningConfig, build_groups, load_chunk_meta, mine_hard_negatives, to_pairs
+from rag_rerank.train.groups import build_groups, load_chunk_meta, to_pairs
+from rag_rerank.train.mining import MiningConfig, mine_hard_negatives
 
 OFF = dict(relative_margin=None, exclude_same_doc_neighbors=0, exclude_overlap=False, num_random=0)  # no guards
 REMOVED = ("removed_positive", "removed_outside_window", "removed_neighbor", "removed_overlap", "removed_margin")
@@ -265,7 +266,7 @@ def test_build_groups() -> None:
 
 def test_build_groups_skips_when_corpus_too_small(caplog: pytest.LogCaptureFixture) -> None:
     small = {d: CORPUS[d] for d in ["p1", "a"]}
-    with caplog.at_level(logging.WARNING, logger="rag_rerank.negatives"):
+    with caplog.at_level(logging.WARNING, logger="rag_rerank.train.mining"):
         assert build_groups({"q": "?"}, {"q": {"p1": 1}}, {}, small, group_size=3) == []
     assert "too few chunks" in caplog.text
     assert len(build_groups({"q": "?"}, {"q": {"p1": 1}}, {}, small, group_size=2)) == 1

@@ -16,17 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rag_rerank.cli import main as cli
-from rag_rerank.errors import RagRerankError
-from rag_rerank.llm import LLMClient, LLMSettings
-from rag_rerank.qa_generation import FEW_SHOT, build_messages, create_qa_dataset, load_qa_dataset
-from rag_rerank.qa_output import CHECKPOINT, output_lock, read_checkpoint, split_documents
-from rag_rerank.question_filters import filter_questions, normalize_question, parse_questions, question_problem
+from rag_rerank.generate.dataset import create_qa_dataset
+from rag_rerank.generate.llm import LLMClient, LLMSettings
+from rag_rerank.generate.prompts import FEW_SHOT, build_messages
+from rag_rerank.generate.questions import filter_questions, normalize_question, parse_questions, question_problem
+from rag_rerank.generate.store import CHECKPOINT, load_qa_dataset, read_checkpoint, split_documents
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_stub_server import Action, StubOpenAIServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DOCS = REPO / "sample_docs"
+from rag_rerank.data import SAMPLE_DOCS  # noqa: E402
+
 SECRET = "sk-test-SECRET-do-not-leak-1234"
 
 CHUNK = ("The Amazon rainforest covers much of the Amazon basin of South America. The basin encompasses "
@@ -256,7 +257,7 @@ def test_faults_are_retried_or_recorded_and_rerun_retries_only_failed(docs, tmp_
 
 def test_server_down_fails_chunks_fast_and_cli_exits_3(docs, tmp_path, minilm_dir) -> None:
     out = tmp_path / "out"
-    from rag_rerank.llm import free_port
+    from rag_rerank.generate.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
     r = CliRunner().invoke(cli, ["generate", str(docs), "--out", str(out), "--llm", "openai:m", "--base-url", url,
@@ -301,22 +302,6 @@ def test_cache_is_keyed_by_prompt_and_torn_checkpoint_is_tolerated(docs, tmp_pat
     s3 = _gen(docs, out, _client(stub), minilm_dir, max_chunks=3, prompt="New prompt: {chunk}")
     assert stub.n_requests == 6 and s3.ok  # a new prompt re-asks
     assert len(read_checkpoint(ck)) == 6  # the torn line was cut, not kept
-
-
-def test_lock_refuses_live_owner_and_takes_over_stale(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        (out / ".lock").write_text(str(sleeper.pid))
-        with pytest.raises(RagRerankError, match=f"pid {sleeper.pid}"), output_lock(out):
-            pass
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    with output_lock(out):  # the pid is dead now: stale lock taken over
-        assert (out / ".lock").read_text() == str(os.getpid())
-    assert not (out / ".lock").exists()
 
 
 # ------------------------------------------------------------------------------------------ slow

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 
 from rag_rerank.cli import main as cli
 from rag_rerank.errors import DataError, LLMError
+from rag_rerank.generate.llm import LLMClient, LLMSettings
+from rag_rerank.generate.prompts import FEW_SHOT
+from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, load_beir, load_corpus, load_qrels, load_queries, load_run, save_corpus
-from rag_rerank.llm import LLMClient, LLMSettings
-from rag_rerank.qa_generation import FEW_SHOT, load_qa_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -231,7 +232,7 @@ def test_credentials_in_base_url_stay_out_of_manifest_and_output(tmp_path, minil
 
 def test_trust_remote_code_defaults_false_in_every_loader() -> None:
     from rag_rerank import models
-    from rag_rerank.reranker import Reranker
+    from rag_rerank.rerank.reranker import Reranker
 
     for fn in (models.load_cross_encoder, models.load_bi_encoder, Reranker.__init__):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False, fn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -14,16 +15,12 @@ from click.testing import CliRunner
 
 from rag_rerank.cli import main
 from rag_rerank.errors import DataError
+from rag_rerank.evaluate.compare import evaluate_systems, sample_query_ids
+from rag_rerank.evaluate.report import markdown_table, write_report
+from rag_rerank.evaluate.result import EvaluationResult
 from rag_rerank.io import save_corpus, save_qrels, save_queries
-from rag_rerank.report import (
-    evaluate_systems,
-    interpolate_run,
-    markdown_table,
-    rerank_run,
-    sample_query_ids,
-    write_report,
-)
-from rag_rerank.reranker import Reranker
+from rag_rerank.rerank.reranker import Reranker
+from rag_rerank.rerank.runs import interpolate_run, rerank_run
 from rag_rerank.retrieval import build_index, load_index
 from rag_rerank.types import ranked
 
@@ -74,10 +71,10 @@ def sharp_reranker(make_sharp_cross_encoder) -> Reranker:
 
 
 @pytest.fixture(scope="module")
-def result(index_dir: Path, sharp_reranker: Reranker) -> dict:
+def result(index_dir: Path, sharp_reranker: Reranker) -> EvaluationResult:
     return evaluate_systems(CORPUS, QUERIES, QRELS, index=load_index(index_dir), index_dir=index_dir,
-                            rerankers={"sharp": sharp_reranker}, top_k_rerank=3, first_stage_depth=8,
-                            interpolate=0.5, metrics=METRICS, n_resamples=500)
+                            rerankers={"sharp": sharp_reranker}, top_k=3, depth=8,
+                            alpha=0.5, metrics=METRICS, n_resamples=500)
 
 
 class ScriptedReranker:
@@ -90,23 +87,25 @@ class ScriptedReranker:
         return np.array([self.scores[d] for _, d in pairs], dtype=np.float32)
 
 
-def test_result_shape_systems_and_ceiling(result: dict, index_dir: Path) -> None:
-    assert list(result["systems"]) == ["bm25", "dense", "hybrid", "hybrid+sharp", "hybrid+sharp@0.5"]
-    assert result["queries"] == len(QRELS) and result["metrics"] == list(METRICS)
-    assert set(result["delta"]) == {f"{s}_vs_hybrid" for s in result["systems"] if s != "hybrid"}
-    entry = result["delta"]["hybrid+sharp_vs_hybrid"]["mrr@10"]
-    assert entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1] and 0 < entry["p"] <= 1
+def test_result_shape_systems_and_ceiling(result: EvaluationResult, index_dir: Path) -> None:
+    assert list(result.systems) == ["bm25", "dense", "hybrid", "hybrid+sharp", "hybrid+sharp@0.5"]
+    assert result.queries == len(QRELS) and result.metrics == list(METRICS)
+    assert set(result.delta) == {f"{s}_vs_hybrid" for s in result.systems if s != "hybrid"}
+    entry = result.delta["hybrid+sharp_vs_hybrid"]["mrr@10"]
+    assert entry.ci95[0] <= entry.delta <= entry.ci95[1] and 0 < entry.p <= 1
+    assert result.get_delta("hybrid+sharp") == entry
     # the ceiling is the hybrid recall@3 recomputed independently from a fresh search
     hybrid = load_index(index_dir).search(QUERIES, top_k=8)
     hits = [any(d in QRELS[q] for d, _ in ranked(hybrid[q], 3)) for q in QRELS]
-    assert result["ceiling"]["recall@3"] == pytest.approx(np.mean(hits))
-    for name, hist in result["gold_rank_histogram"].items():
+    assert result.ceiling["recall@3"] == pytest.approx(np.mean(hits))
+    for name, hist in result.gold_rank_histogram.items():
         assert sum(hist.values()) == len(QRELS), name
-    for name, cis in result["systems_ci95"].items():
+    for name, cis in result.systems_ci95.items():
         for m, (lo, hi) in cis.items():
-            assert lo - 1e-9 <= result["systems"][name][m] <= hi + 1e-9
-    assert set(result["timings_s"]) == {"bm25", "dense", "hybrid", "hybrid+sharp"}
-    json.dumps(result)  # JSON-serialisable
+            assert lo - 1e-9 <= result.systems[name][m] <= hi + 1e-9
+    assert set(result.timings_s) == {"bm25", "dense", "hybrid", "hybrid+sharp"}
+    data = json.loads(json.dumps(result.to_dict()))  # JSON-serialisable, and reads back
+    assert EvaluationResult.from_dict(data) == result
 
 
 def test_reranked_order_follows_the_reranker_and_keeps_the_tail(
@@ -131,12 +130,12 @@ def test_positives_are_not_injected(index_dir: Path) -> None:
     qrels = {q: {[d for d, _ in ranked(hybrid[q])][4]: 1} for q in QUERIES}
     oracle = ScriptedReranker({t: (100.0 if t in {DOCS[d] for g in qrels.values() for d in g} else 0.0)
                                for t in DOCS.values()})
-    res = evaluate_systems(CORPUS, QUERIES, qrels, index=index, rerankers={"oracle": oracle}, top_k_rerank=3,
-                           first_stage_depth=8, metrics=("mrr@10", "hit@3"), n_resamples=200)
-    assert res["systems"]["hybrid+oracle"]["hit@3"] == 0.0
-    assert res["ceiling"]["recall@3"] == 0.0
-    assert res["gold_rank_histogram"]["hybrid+oracle"]["4-5"] == len(QUERIES)
-    assert res["systems"]["hybrid+oracle"]["mrr@10"] == pytest.approx(0.2)
+    res = evaluate_systems(CORPUS, QUERIES, qrels, index=index, rerankers={"oracle": oracle}, top_k=3,
+                           depth=8, metrics=("mrr@10", "hit@3"), n_resamples=200)
+    assert res.systems["hybrid+oracle"]["hit@3"] == 0.0
+    assert res.ceiling["recall@3"] == 0.0
+    assert res.gold_rank_histogram["hybrid+oracle"]["4-5"] == len(QUERIES)
+    assert res.systems["hybrid+oracle"]["mrr@10"] == pytest.approx(0.2)
 
 
 def test_interpolation_hand_checked() -> None:
@@ -153,16 +152,16 @@ def test_interpolation_hand_checked() -> None:
         interpolate_run(run, rr, 1.5, 3)
 
 
-def test_interpolated_system_matches_its_definition(result: dict, index_dir: Path, sharp_reranker) -> None:
+def test_interpolated_system_matches_its_definition(result: EvaluationResult, index_dir: Path, sharp_reranker) -> None:
     index = load_index(index_dir)
-    res = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k_rerank=3,
-                           first_stage_depth=8, interpolate=1.0, metrics=METRICS, n_resamples=200)
+    res = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k=3,
+                           depth=8, alpha=1.0, metrics=METRICS, n_resamples=200)
     # alpha = 1 is the reranker alone: identical per-query ranks to the plain reranked system
-    assert res["systems"]["hybrid+s@1"] == res["systems"]["hybrid+s"]
-    assert res["gold_rank_histogram"]["hybrid+s@1"] == res["gold_rank_histogram"]["hybrid+s"]
-    res0 = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k_rerank=3,
-                            first_stage_depth=8, interpolate=0.0, metrics=METRICS, n_resamples=200)
-    assert res0["gold_rank_histogram"]["hybrid+s@0"] == res0["gold_rank_histogram"]["hybrid"]
+    assert res.systems["hybrid+s@1"] == res.systems["hybrid+s"]
+    assert res.gold_rank_histogram["hybrid+s@1"] == res.gold_rank_histogram["hybrid+s"]
+    res0 = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k=3,
+                            depth=8, alpha=0.0, metrics=METRICS, n_resamples=200)
+    assert res0.gold_rank_histogram["hybrid+s@0"] == res0.gold_rank_histogram["hybrid"]
 
 
 def test_sample_is_deterministic_by_seed(index_dir: Path) -> None:
@@ -174,8 +173,8 @@ def test_sample_is_deterministic_by_seed(index_dir: Path) -> None:
                           metrics=METRICS, n_resamples=200)
     r2 = evaluate_systems(CORPUS, QUERIES, QRELS, index=load_index(index_dir), sample=3, seed=1,
                           metrics=METRICS, n_resamples=200)
-    assert r1["queries"] == 3
-    assert {k: r1[k] for k in ("systems", "delta")} == {k: r2[k] for k in ("systems", "delta")}
+    assert r1.queries == 3
+    assert (r1.systems, r1.delta) == (r2.systems, r2.delta)
 
 
 def test_index_over_another_corpus_is_a_clear_error(index_dir: Path) -> None:
@@ -184,9 +183,9 @@ def test_index_over_another_corpus_is_a_clear_error(index_dir: Path) -> None:
         evaluate_systems(CORPUS, QUERIES, qrels, index_dir=index_dir, metrics=METRICS)
 
 
-def test_write_report_files(result: dict, tmp_path: Path) -> None:
-    paths = write_report({**result, "command": "rag-rerank evaluate --beir X"}, tmp_path / "rep")
-    assert json.loads(paths["json"].read_text())["systems"] == result["systems"]
+def test_write_report_files(result: EvaluationResult, tmp_path: Path) -> None:
+    paths = write_report(dataclasses.replace(result, command="rag-rerank evaluate --beir X"), tmp_path / "rep")
+    assert json.loads(paths["json"].read_text())["systems"] == result.systems
     md = paths["markdown"].read_text()
     assert "| hybrid+sharp |" in md and "Ceiling" in md and "rag-rerank evaluate --beir X" in md
     assert f"**{len(QRELS)} queries**" in md
@@ -198,13 +197,13 @@ def test_write_report_files(result: dict, tmp_path: Path) -> None:
     assert not list((tmp_path / "rep").glob(".*"))  # no temporary files left
 
 
-def test_markdown_table_rows_match_numbers(result: dict) -> None:
+def test_markdown_table_rows_match_numbers(result: EvaluationResult) -> None:
     table = markdown_table(result)
     row = next(line for line in table.splitlines() if line.startswith("| hybrid+sharp |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert [float(c) for c in cells[1:]] == [round(result["systems"]["hybrid+sharp"][m], 4) for m in METRICS]
-    d = result["delta"]["hybrid+sharp_vs_hybrid"]["mrr@10"]
-    assert f"{d['delta']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" in table
+    assert [float(c) for c in cells[1:]] == [round(result.systems["hybrid+sharp"][m], 4) for m in METRICS]
+    d = result.delta["hybrid+sharp_vs_hybrid"]["mrr@10"]
+    assert f"{d.delta:+.4f} [{d.ci95[0]:+.4f}, {d.ci95[1]:+.4f}]" in table
 
 
 def test_cli_evaluate(beir_dir: Path, index_dir: Path, sharp_reranker: Reranker, tmp_path: Path) -> None:
@@ -212,7 +211,7 @@ def test_cli_evaluate(beir_dir: Path, index_dir: Path, sharp_reranker: Reranker,
     out = tmp_path / "report"
     res = CliRunner().invoke(main, [
         "-q", "evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker", model, "--name", "sharp",
-        "--top-k-rerank", "3", "--first-stage-depth", "8", "--interpolate", "0.5", "--sample", "4", "--seed", "3",
+        "--top-k", "3", "--depth", "8", "--alpha", "0.5", "--sample", "4", "--seed", "3",
         "--n-resamples", "200", "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
@@ -235,7 +234,7 @@ def test_cli_evaluate_backend_reaches_the_reranker(beir_dir: Path, index_dir: Pa
     from word_pairs import private_copy
 
     from rag_rerank.cli.evaluate import evaluate_cmd
-    from rag_rerank.reranker import BACKENDS
+    from rag_rerank.rerank.backends import BACKENDS
 
     choices = next(p for p in evaluate_cmd.params if p.name == "backend").type.choices
     assert tuple(choices) == BACKENDS  # the CLI lists exactly the Reranker's backends
@@ -245,7 +244,7 @@ def test_cli_evaluate_backend_reaches_the_reranker(beir_dir: Path, index_dir: Pa
         out = tmp_path / backend
         res = CliRunner().invoke(main, [
             "-q", "evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker", model, "--name", "s",
-            "--top-k-rerank", "3", "--first-stage-depth", "8", "--n-resamples", "200", "--backend", backend,
+            "--top-k", "3", "--depth", "8", "--n-resamples", "200", "--backend", backend,
             "--out", str(out)])
         assert res.exit_code == 0, res.output
         runs[backend] = json.loads((out / "report.json").read_text())
@@ -288,33 +287,35 @@ def test_cli_without_index_builds_one_with_minilm(beir_dir: Path, tmp_path: Path
 def test_extra_runs_and_per_reranker_alpha(index_dir: Path, sharp_reranker: Reranker) -> None:
     index = load_index(index_dir)
     oracle = {q: {d: (2.0 if d in QRELS[q] else 1.0) for d in DOCS} for q in QUERIES}  # gold first, as a run
-    res = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k_rerank=3,
-                           first_stage_depth=8, interpolate={"s": 1.0}, extra_runs={"oracle": oracle},
+    res = evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k=3,
+                           depth=8, alpha={"s": 1.0}, extra_runs={"oracle": oracle},
                            metrics=METRICS, n_resamples=200)
-    assert "oracle" in res["systems"] and res["systems"]["oracle"]["mrr@10"] == 1.0
-    hybrid_mrr = res["systems"]["hybrid"]["mrr@10"]
-    assert res["delta"]["oracle_vs_hybrid"]["mrr@10"]["delta"] == pytest.approx(1.0 - hybrid_mrr)
-    assert res["systems"]["hybrid+s@1"] == res["systems"]["hybrid+s"] and res["settings"]["interpolate"] == {"s": 1.0}
+    assert "oracle" in res.systems and res.systems["oracle"]["mrr@10"] == 1.0
+    hybrid_mrr = res.systems["hybrid"]["mrr@10"]
+    assert res.delta["oracle_vs_hybrid"]["mrr@10"].delta == pytest.approx(1.0 - hybrid_mrr)
+    assert res.systems["hybrid+s@1"] == res.systems["hybrid+s"] and res.settings["alpha"] == {"s": 1.0}
     with pytest.raises(DataError, match="lacks"):
-        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"part": {"q1": oracle["q1"]}}, top_k_rerank=3,
-                         first_stage_depth=8, metrics=METRICS, n_resamples=100)
+        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"part": {"q1": oracle["q1"]}}, top_k=3,
+                         depth=8, metrics=METRICS, n_resamples=100)
     with pytest.raises(ValueError, match="clashes"):
-        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"bm25": oracle}, first_stage_depth=8,
-                         top_k_rerank=3, metrics=METRICS, n_resamples=100)
+        evaluate_systems(CORPUS, QUERIES, QRELS, index=index, extra_runs={"bm25": oracle}, depth=8,
+                         top_k=3, metrics=METRICS, n_resamples=100)
 
 
 def test_cli_interpolate_auto_reads_fusion_json(beir_dir: Path, index_dir: Path, make_sharp_cross_encoder,
                                                 tmp_path: Path) -> None:
-    from rag_rerank.fusion import FusionChoice, save_fusion
+    from rag_rerank.rerank.fusion import FusionChoice, save_fusion
 
     model = make_sharp_cross_encoder([(q, t) for q in QUERIES.values() for t in DOCS.values()])
     save_fusion(model, FusionChoice(alpha=0.3, metric="mrr@10", value=1.0))
     out = tmp_path / "rep"
     res = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
-                                    str(model), "--name", "t", "--interpolate", "auto", "--top-k-rerank", "3",
-                                    "--first-stage-depth", "8", "--n-resamples", "200", "--out", str(out)])
+                                    str(model), "--name", "t", "--alpha", "auto", "--top-k", "3",
+                                    "--depth", "8", "--n-resamples", "200", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "hybrid+t@0.3" in json.loads((out / "report.json").read_text())["systems"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["shipped_system"] == "hybrid+t@0.3" == next(iter(report["systems"]))  # served, and listed first
+    assert "**hybrid+t@0.3** (shipped)" in (out / "report.md").read_text()
     bad = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
-                                    str(model), "--interpolate", "lots", "--out", str(tmp_path / "r2")])
+                                    str(model), "--alpha", "lots", "--out", str(tmp_path / "r2")])
     assert bad.exit_code != 0 and "neither a number" in bad.output

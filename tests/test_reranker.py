@@ -13,7 +13,7 @@ import torch
 
 from rag_rerank.errors import ModelUnavailableError
 from rag_rerank.models import load_cross_encoder
-from rag_rerank.reranker import Reranker
+from rag_rerank.rerank.reranker import Reranker
 
 WORDS = (
     "the river runs north past the old mill while the capital city of france hosts a summer festival "
@@ -72,7 +72,7 @@ def test_truncate_matches_cross_encoder_and_warns_once_with_count(
     pairs = [("q one", _text(rng, 150)), ("q two", "short text"), ("q three", _text(rng, 90))]
     ce = load_cross_encoder(str(sharp_ce_dir), device="cpu", max_length=64)
     rr = Reranker(str(sharp_ce_dir), device="cpu", max_length=64, long_documents="truncate", batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="rag_rerank.reranker"):
+    with caplog.at_level(logging.WARNING, logger="rag_rerank.rerank.reranker"):
         got = rr.predict(pairs)
     assert np.allclose(got, ce.predict(pairs, show_progress_bar=False), atol=1e-5, rtol=0)
     warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
@@ -92,7 +92,7 @@ def test_window_score_is_max_over_windows(sharp_ce_dir: Path, caplog: pytest.Log
     tok = rr.cross_encoder.tokenizer
     assert all(len(tok(query, w)["input_ids"]) <= 64 for w in wins)  # every window fits: nothing is cut
 
-    with caplog.at_level(logging.WARNING, logger="rag_rerank.reranker"):
+    with caplog.at_level(logging.WARNING, logger="rag_rerank.rerank.reranker"):
         score = float(rr.predict([(query, doc)])[0])
     assert not [r for r in caplog.records if "truncated" in r.getMessage()]
     # by hand, with sentence-transformers on the windows
@@ -149,11 +149,19 @@ def test_cache_disabled(tiny_cross_encoder_dir: Path) -> None:
     assert rr.cache_info().hits == 0 and rr.cache_info().size == 0
 
 
-def test_num_threads_restored(tiny_cross_encoder_dir: Path) -> None:
+def test_num_threads_apply_while_scoring_and_are_restored(tiny_cross_encoder_dir: Path) -> None:
     before = torch.get_num_threads()
-    rr = Reranker(str(tiny_cross_encoder_dir), device="cpu", num_threads=1)
-    rr.predict([("q", "d")])
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        rr = Reranker(str(tiny_cross_encoder_dir), device="cpu", num_threads=1, cache_size=0)
+        seen: list[int] = []
+        hook = rr.cross_encoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+        rr.predict([("q", "d"), ("q", "another document")])
+        assert seen == [1]  # the forward pass ran with the thread count asked for...
+        assert torch.get_num_threads() == 2  # ...and the caller's count came back
+        hook.remove()
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +191,7 @@ def test_bad_pairs_and_missing_model(tiny_cross_encoder_dir: Path) -> None:
 
 def test_import_does_not_need_llama_index() -> None:
     code = (
-        "import sys, rag_rerank.reranker; "
+        "import sys, rag_rerank.rerank.reranker; "
         "bad = sorted(m for m in sys.modules if m.startswith(('llama_index', 'sentence_transformers'))); "
         "assert not bad, bad"
     )

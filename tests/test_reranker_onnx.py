@@ -20,8 +20,9 @@ from word_pairs import (
 from word_pairs import random_pairs as _pairs
 
 from rag_rerank.errors import RagRerankError  # noqa: E402
-from rag_rerank.reranker import BackendNotAvailableError, Reranker  # noqa: E402
-from rag_rerank.reranker_backends import export_key, onnx_dir  # noqa: E402
+from rag_rerank.rerank.backends import BackendNotAvailableError
+from rag_rerank.rerank.backends.onnx import export_key, onnx_dir
+from rag_rerank.rerank.reranker import Reranker
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def _squad_pairs(squad_beir: Path, n_queries: int) -> tuple[list[tuple[str, str]
     """SQuAD queries with their BM25 top-20: (pairs, per-query index groups, relevance labels)."""
     from rag_rerank.io import load_beir
     from rag_rerank.retrieval import BM25Retriever
-    from rag_rerank.retrieval.bm25 import doc_text
+    from rag_rerank.retrieval.common import doc_text
 
     corpus, queries, qrels = load_beir(squad_beir)
     qids = sorted(queries)[:n_queries]

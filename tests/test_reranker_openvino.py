@@ -18,8 +18,9 @@ from word_pairs import (
 )
 from word_pairs import random_pairs as _pairs
 
-from rag_rerank.reranker import BackendNotAvailableError, Reranker  # noqa: E402
-from rag_rerank.reranker_openvino import calibration_from_model_dir  # noqa: E402
+from rag_rerank.rerank.backends import BackendNotAvailableError
+from rag_rerank.rerank.backends.openvino import calibration_from_model_dir
+from rag_rerank.rerank.reranker import Reranker
 
 
 def _cpu_has_native_bf16() -> bool:

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_rerank.bi_encoder_training import BiEncoderTrainingConfig, train_bi_encoder
 from rag_rerank.errors import DataError
-from rag_rerank.evaluators import MSEEvaluator, TrainingCollapsedError
-from rag_rerank.legacy import legacy_fit
-from rag_rerank.training import RerankerTrainingConfig, train_reranker
+from rag_rerank.train.bi_encoder import BiEncoderTrainingConfig, train_bi_encoder
+from rag_rerank.train.config import RerankerTrainingConfig
+from rag_rerank.train.evaluators import MSEEvaluator
+from rag_rerank.train.guards import TrainingCollapsedError
+from rag_rerank.train.legacy import legacy_fit
+from rag_rerank.train.reranker_trainer import train_reranker
 
 WORDS = ("apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango").split()
@@ -48,7 +50,7 @@ FAST = dict(batch_size=8, max_length=32, learning_rate=3e-3, head_learning_rate=
 def trained(tiny_cross_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("reranker")
     cfg = RerankerTrainingConfig(max_steps=30, **FAST)
-    res = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(64, 0), output_dir=out, config=cfg,
+    res = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(64, 0), out_dir=out, config=cfg,
                          eval_samples=eval_samples(synthetic_groups(12, 1)), command="pytest tiny")
     return res
 
@@ -67,7 +69,7 @@ def test_saved_dir_reloads_in_both_libraries_and_scores_agree(trained) -> None:
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = str(trained.output_dir)
+    path = str(trained.out_dir)
     pairs = [("apple banana cherry", "the apple and banana with cherry"), ("apple banana cherry", "kilo lima mike")]
     ce_scores = CrossEncoder(path, device="cpu").predict(pairs, show_progress_bar=False)
     hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -77,12 +79,12 @@ def test_saved_dir_reloads_in_both_libraries_and_scores_agree(trained) -> None:
                           max_length=32, return_tensors="pt")).logits.view(-1)
     np.testing.assert_allclose(ce_scores, torch.sigmoid(logits).numpy(), atol=1e-5)  # CE = sigmoid(logit)
     assert ce_scores[0] > ce_scores[1]
-    assert not (trained.output_dir / "checkpoints").exists()  # cleaned after a good run
-    assert (trained.output_dir / "eval" / "reranking_evaluation_val_results@10.csv").is_file()
+    assert not (trained.out_dir / "checkpoints").exists()  # cleaned after a good run
+    assert (trained.out_dir / "eval" / "reranking_evaluation_val_results@10.csv").is_file()
 
 
 def test_model_card_records_run(trained) -> None:
-    card = (trained.output_dir / "README.md").read_text()
+    card = (trained.out_dir / "README.md").read_text()
     assert "**Verdict: IMPROVED" in card
     assert "| val_mrr@10 |" in card and "first stage" in card
     assert "pytest tiny" in card and '"head_learning_rate": 0.01' in card
@@ -92,15 +94,15 @@ def test_sanity_gate_fires_on_a_broken_setup(tiny_cross_encoder_dir: Path, tmp_p
     cfg = RerankerTrainingConfig(max_steps=20, **{**FAST, "learning_rate": 0.0, "head_learning_rate": 0.0,
                                                   "eval_steps": 5})
     groups = synthetic_groups(40, 2)
-    res = train_reranker(str(tiny_cross_encoder_dir), groups, output_dir=tmp_path / "a", config=cfg,
+    res = train_reranker(str(tiny_cross_encoder_dir), groups, out_dir=tmp_path / "a", config=cfg,
                          eval_samples=eval_samples(synthetic_groups(8, 3)))
     assert res.collapsed and res.steps < 20 and res.verdict.startswith("COLLAPSED")
     assert "COLLAPSED" in (tmp_path / "a" / "README.md").read_text()
     with pytest.raises(TrainingCollapsedError, match="head_learning_rate"):
-        train_reranker(str(tiny_cross_encoder_dir), groups, output_dir=tmp_path / "b",
+        train_reranker(str(tiny_cross_encoder_dir), groups, out_dir=tmp_path / "b",
                        config=dataclasses.replace(cfg, sanity_gate="raise", eval_steps=20))
     # "warn": the run goes on and the final model is judged; the verdict says the gate fired on the way
-    warned = train_reranker(str(tiny_cross_encoder_dir), groups, output_dir=tmp_path / "c",
+    warned = train_reranker(str(tiny_cross_encoder_dir), groups, out_dir=tmp_path / "c",
                             config=dataclasses.replace(cfg, sanity_gate="warn"),
                             eval_samples=eval_samples(synthetic_groups(8, 3)))
     assert warned.steps == 20 and warned.collapsed and warned.improved is False
@@ -111,10 +113,10 @@ def test_eval_after_is_the_saved_models_own_validation_score(trained, tiny_cross
     """eval_after is read from the best checkpoint's logged evaluation; it must equal scoring the saved model."""
     from sentence_transformers import CrossEncoder
 
-    from rag_rerank.evaluators import RerankingEvaluator
+    from rag_rerank.train.evaluators import RerankingEvaluator
 
     fresh = RerankingEvaluator(eval_samples(synthetic_groups(12, 1)), name="val", write_csv=False,
-                               long_documents="window")(CrossEncoder(str(trained.output_dir), max_length=32))
+                               long_documents="window")(CrossEncoder(str(trained.out_dir), max_length=32))
     assert set(trained.eval_after) == {k for k in fresh if "base_" not in k}
     for k, v in trained.eval_after.items():
         assert v == pytest.approx(fresh[k], abs=1e-9), k
@@ -125,7 +127,7 @@ def test_lr_schedule_reaches_the_trainer_and_every_checkpoint_is_kept(
         tiny_cross_encoder_dir: Path, tmp_path: Path, scheduler: str) -> None:
     cfg = RerankerTrainingConfig(max_steps=12, lr_scheduler=scheduler, warmup_ratio=0.25, logging_steps=1,
                                  keep_checkpoints=True, sanity_gate="off", **{**FAST, "eval_steps": 4})
-    train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(40, 5), output_dir=tmp_path, config=cfg,
+    train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(40, 5), out_dir=tmp_path, config=cfg,
                    eval_samples=eval_samples(synthetic_groups(6, 6)))
     kept = sorted(int(c.name.split("-")[1]) for c in (tmp_path / "checkpoints").glob("checkpoint-*"))
     assert kept == [4, 8, 12]  # one per evaluation, none pruned
@@ -152,7 +154,7 @@ def test_bce_with_mse_evaluator_through_the_trainer(tiny_cross_encoder_dir: Path
     rows = [{"query": g["query"], "text": t, "label": lab} for g in synthetic_groups(16, 4)
             for t, lab in [(g["positive"], 1.0), (g["negatives"][0], 0.0)]]
     ev = MSEEvaluator([(r["query"], r["text"]) for r in rows[:8]], [r["label"] for r in rows[:8]], name="dev")
-    res = train_reranker(str(tiny_cross_encoder_dir), rows, output_dir=tmp_path,
+    res = train_reranker(str(tiny_cross_encoder_dir), rows, out_dir=tmp_path,
                          config=RerankerTrainingConfig(loss="bce", max_steps=8, sanity_gate="off", **FAST),
                          evaluator=ev)
     csv_rows = list(csv.reader((tmp_path / "eval" / "mse_evaluation_dev_results.csv").open()))
@@ -163,9 +165,9 @@ def test_bce_with_mse_evaluator_through_the_trainer(tiny_cross_encoder_dir: Path
 def test_training_rejects_bad_rows(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no usable training rows"):
         train_reranker(str(tiny_cross_encoder_dir), [{"query": "q", "positive": "p", "negatives": []}],
-                       output_dir=tmp_path)
+                       out_dir=tmp_path)
     with pytest.raises(DataError, match="lacks"):
-        train_reranker(str(tiny_cross_encoder_dir), [{"question": "q"}], output_dir=tmp_path)
+        train_reranker(str(tiny_cross_encoder_dir), [{"question": "q"}], out_dir=tmp_path)
     with pytest.raises(ValueError, match="loss"):
         RerankerTrainingConfig(loss="pairwise")  # type: ignore[arg-type]
 
@@ -214,20 +216,32 @@ def test_bi_encoder_mnrl(tiny_bi_encoder_dir: Path, tmp_path: Path) -> None:
 
     rows = [{"query": g["query"], "positive": g["positive"], "negative": g["negatives"][0]}
             for g in synthetic_groups(32, 6)]
-    out = train_bi_encoder(str(tiny_bi_encoder_dir), rows, output_dir=tmp_path / "bi",
+    out = train_bi_encoder(str(tiny_bi_encoder_dir), rows, out_dir=tmp_path / "bi",
                            config=BiEncoderTrainingConfig(max_steps=4, batch_size=8, show_progress_bar=False))
     before = SentenceTransformer(str(tiny_bi_encoder_dir), device="cpu").encode(["apple banana"])
     after = SentenceTransformer(str(out), device="cpu").encode(["apple banana"])
     assert after.shape == before.shape and not np.allclose(after, before)  # trained and reloadable
     with pytest.raises(DataError, match="agree"):
-        train_bi_encoder(str(tiny_bi_encoder_dir), [rows[0], {"query": "q", "positive": "p"}], output_dir=tmp_path)
+        train_bi_encoder(str(tiny_bi_encoder_dir), [rows[0], {"query": "q", "positive": "p"}], out_dir=tmp_path)
 
 
-def test_bi_encoder_cached_mnrl(tiny_bi_encoder_dir: Path, tmp_path: Path) -> None:
-    rows = [{"query": g["query"], "positive": g["positive"]} for g in synthetic_groups(16, 7)]
-    out = train_bi_encoder(str(tiny_bi_encoder_dir), rows, output_dir=tmp_path / "bi", config=BiEncoderTrainingConfig(
-        max_steps=2, batch_size=16, cached=True, mini_batch_size=4, show_progress_bar=False))
-    assert json.loads((out / "modules.json").read_text())
+def test_bi_encoder_cached_mnrl_learns_to_match_queries_to_their_passages(tiny_bi_encoder_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    rows = [{"query": g["query"], "positive": g["positive"]} for g in synthetic_groups(32, 7)]
+
+    def margin(model_dir: Path) -> float:
+        """Mean cosine of each query with its own passage minus with the other passages."""
+        st = SentenceTransformer(str(model_dir), device="cpu")
+        q = st.encode([r["query"] for r in rows], normalize_embeddings=True)
+        p = st.encode([r["positive"] for r in rows], normalize_embeddings=True)
+        sim = q @ p.T
+        return float(np.mean(np.diag(sim)) - (sim.sum() - np.trace(sim)) / (sim.size - len(rows)))
+
+    out = train_bi_encoder(str(tiny_bi_encoder_dir), rows, out_dir=tmp_path / "bi", config=BiEncoderTrainingConfig(
+        max_steps=12, batch_size=16, learning_rate=2e-3, cached=True, mini_batch_size=4, show_progress_bar=False))
+    assert margin(out) > margin(tiny_bi_encoder_dir) + 0.05  # GradCache's chunks still train the in-batch task
 
 
 # --- slow: the real embedded:minilm-ce on SQuAD passages ------------------------------------------------------
@@ -265,7 +279,7 @@ def test_real_minilm_ce_listwise_moves_above_base_rate(squad_beir: Path, tmp_pat
     train, val = _squad_groups(squad_beir, n_train=160, n_val=30)
     cfg = RerankerTrainingConfig(max_steps=40, batch_size=4, max_length=96, eval_steps=40,
                                  show_progress_bar=False, sanity_gate="warn")
-    res = train_reranker("embedded:minilm-ce", train, output_dir=tmp_path, config=cfg, eval_samples=val)
+    res = train_reranker("embedded:minilm-ce", train, out_dir=tmp_path, config=cfg, eval_samples=val)
     random_mrr = sum(1 / r for r in range(1, 7)) / 6
     assert res.eval_after["val_mrr@10"] > random_mrr + 0.15, (res.eval_after, res.train_loss)
     assert np.mean([v for _, v in res.train_loss[-5:]]) < math.log(5) - 0.2

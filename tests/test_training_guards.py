@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 from rag_rerank.errors import DataError, RagRerankError
-from rag_rerank.training import RerankerTrainingConfig, train_reranker
-from rag_rerank.training_guards import TrainingDivergedError, checkpoint_bytes, preflight
+from rag_rerank.train.config import RerankerTrainingConfig
+from rag_rerank.train.guards import TrainingDivergedError, checkpoint_bytes, preflight
+from rag_rerank.train.reranker_trainer import train_reranker
 
 GROUPS = [{"query": f"q{i} alpha", "positive": f"alpha text {i}", "negatives": [f"beta {i}", f"gamma {i}"]}
           for i in range(16)]
@@ -22,7 +24,7 @@ GROUPS = [{"query": f"q{i} alpha", "positive": f"alpha text {i}", "negatives": [
 
 def test_preflight_checks(tmp_path: Path) -> None:
     ok = preflight(tmp_path / "new" / "model", model_bytes=1000, rows=5)
-    assert Path(ok["output_dir"]).is_dir() and ok["need_bytes"] == checkpoint_bytes(1000)
+    assert Path(ok["out_dir"]).is_dir() and ok["need_bytes"] == checkpoint_bytes(1000)
     with pytest.raises(DataError, match="no training rows"):
         preflight(tmp_path / "m", model_bytes=1000, rows=0)
     blocker = tmp_path / "a-file"
@@ -52,26 +54,26 @@ def test_nan_loss_stops_reranker_training(tiny_cross_encoder_dir: Path, tmp_path
     cfg = RerankerTrainingConfig(max_steps=20, batch_size=4, max_length=32, logging_steps=1, sanity_gate="off",
                                  show_progress_bar=False, train_group_size=3)
     with pytest.raises(TrainingDivergedError, match=r"loss was nan at step 1[\s\S]*Fix: lower --lr"):
-        train_reranker(str(base), GROUPS, output_dir=tmp_path / "out", config=cfg)
+        train_reranker(str(base), GROUPS, out_dir=tmp_path / "out", config=cfg)
     assert not (tmp_path / "out" / "model.safetensors").exists()  # nothing that looks like a model is left
 
 
 def test_nan_loss_stops_bi_encoder_training(tiny_bi_encoder_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from rag_rerank.bi_encoder_training import BiEncoderTrainingConfig, train_bi_encoder
+    from rag_rerank.train.bi_encoder import BiEncoderTrainingConfig, train_bi_encoder
 
     base = tmp_path / "nan-bi"
     shutil.copytree(tiny_bi_encoder_dir, base)
     _nan_copy(tiny_bi_encoder_dir, base, "encoder")  # overwrite the transformer weights (module 0 at the root)
     rows = [{"query": g["query"], "positive": g["positive"]} for g in GROUPS]
     with pytest.raises(TrainingDivergedError, match="bi-encoder training"):
-        train_bi_encoder(str(base), rows, output_dir=tmp_path / "bi",
+        train_bi_encoder(str(base), rows, out_dir=tmp_path / "bi",
                          config=BiEncoderTrainingConfig(max_steps=3, batch_size=4, show_progress_bar=False))
 
 
 def test_resume_skips_an_incomplete_checkpoint(tmp_path: Path) -> None:
-    from rag_rerank.training import _resume_point
+    from rag_rerank.train.reranker_trainer import _resume_point
 
     ck = tmp_path / "checkpoints"
     assert _resume_point(True, ck) is None and _resume_point(None, ck) is None
@@ -84,16 +86,38 @@ def test_resume_skips_an_incomplete_checkpoint(tmp_path: Path) -> None:
     assert _resume_point("explicit/path", ck) == "explicit/path"
 
 
-def test_resume_flag_without_checkpoint_starts_fresh(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
-    cfg = RerankerTrainingConfig(max_steps=2, batch_size=4, max_length=32, sanity_gate="off", show_progress_bar=False,
-                                 train_group_size=3, resume_from_checkpoint=True)
-    assert train_reranker(str(tiny_cross_encoder_dir), GROUPS, output_dir=tmp_path / "m", config=cfg).steps == 2
+class _FirstStep(TrainerCallback):
+    """Records the global step of the first optimiser step this run takes (1 fresh, N+1 after a resume at N)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        self.first = self.first or state.global_step
+
+
+def test_resume_continues_after_the_last_checkpoint_and_starts_fresh_without_one(
+    tiny_cross_encoder_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = dict(batch_size=4, max_length=32, sanity_gate="off", show_progress_bar=False, train_group_size=3,
+                eval_steps=2, keep_checkpoints=True, resume_from_checkpoint=True)
+    fresh = _FirstStep()
+    with caplog.at_level("INFO", logger="rag_rerank"):
+        res = train_reranker(str(tiny_cross_encoder_dir), GROUPS, out_dir=tmp_path / "m",
+                             config=RerankerTrainingConfig(max_steps=2, **base), callbacks=[fresh])
+    assert res.steps == 2 and fresh.first == 1 and "no complete checkpoint" in caplog.text
+    assert (tmp_path / "m" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    resumed = _FirstStep()
+    res = train_reranker(str(tiny_cross_encoder_dir), GROUPS, out_dir=tmp_path / "m",
+                         config=RerankerTrainingConfig(max_steps=4, **base), callbacks=[resumed])
+    assert res.steps == 4 and resumed.first == 3  # continued from checkpoint-2, not from step 1
 
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import sys, time, json
     from transformers import TrainerCallback
-    from rag_rerank.training import RerankerTrainingConfig, train_reranker
+    from rag_rerank.train.config import RerankerTrainingConfig
+    from rag_rerank.train.reranker_trainer import train_reranker
 
     class Slow(TrainerCallback):
         first = None
@@ -106,11 +130,12 @@ TRAIN_SCRIPT = textwrap.dedent("""
     cfg = RerankerTrainingConfig(max_steps=12, batch_size=4, max_length=32, eval_steps=3, sanity_gate="off",
                                  show_progress_bar=False, train_group_size=3, keep_checkpoints=True,
                                  resume_from_checkpoint=True)
-    res = train_reranker(sys.argv[1], groups, output_dir=sys.argv[2], config=cfg, callbacks=[Slow()])
+    res = train_reranker(sys.argv[1], groups, out_dir=sys.argv[2], config=cfg, callbacks=[Slow()])
     print(json.dumps({"steps": res.steps, "first_step": Slow.first}))
 """)
 
 
+@pytest.mark.slow
 def test_training_resumes_after_sigkill(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
     import json
 

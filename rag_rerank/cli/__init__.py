@@ -15,14 +15,19 @@ import click
 from rag_rerank import __version__
 from rag_rerank.errors import RagRerankError
 
+# What a user's input can cause: the project's own errors (DataError, ConfigError, ... name the value and the
+# fix) and OS errors about the paths the user gave. A ValueError from deep inside torch or numpy is a bug, and
+# keeps its traceback.
+USER_ERRORS = (RagRerankError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 
 class _Group(click.Group):
-    """Turns library errors into ``Error: ...`` and a non-zero exit, never a traceback."""
+    """Turns user errors into ``Error: ...`` and a non-zero exit, no traceback (``RAG_RERANK_DEBUG=1`` shows it)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (RagRerankError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        except USER_ERRORS as e:
             if os.environ.get("RAG_RERANK_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from e
@@ -64,6 +69,7 @@ def main(verbose: int, quiet: bool) -> None:
     """Adapt a RAG reranker to your documents with no human labels.
 
     \b
+    The whole chain in one command:  rag-rerank adapt DOCS_DIR --out RUN_DIR
     Stages:  generate -> index -> retrieve -> mine -> train -> evaluate
     Offline defaults: embedded:minilm (bi-encoder), embedded:minilm-ce (reranker base),
     embedded:smollm2 (LLM, served by llama.cpp). See `rag-rerank models`.

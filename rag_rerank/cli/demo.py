@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "sample_docs"
+from rag_rerank.data import SAMPLE_DOCS as DEFAULT_DOCS
 
 
 def _step(i: int, n: int, text: str) -> None:
@@ -23,22 +23,25 @@ def _step(i: int, n: int, text: str) -> None:
 @click.command("demo")
 @click.option("--docs", type=click.Path(path_type=Path), default=DEFAULT_DOCS, show_default=True,
               help="Folder of documents.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Run folder (a rerun reuses what is there).")
 @click.option("--llm", default="embedded", show_default=True, help="embedded | openai:MODEL")
 @click.option("--base-url", default=None, help="OpenAI-compatible endpoint for --llm openai:MODEL.")
 @click.option("--max-chunks", type=int, default=40, show_default=True,
               help="Chunks to write questions for (a deterministic subset keeps the demo to minutes on a CPU).")
-@click.option("--questions-per-chunk", type=int, default=2, show_default=True)
+@click.option("--questions-per-chunk", type=int, default=2, show_default=True, help="Questions asked per chunk.")
 @click.option("--train-steps", type=int, default=60, show_default=True, help="Reranker optimiser steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generation, splits and training.")
 @click.option("--question", default=None, help="The question to answer at the end (default: one from the test split).")
 def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, max_chunks: int, questions_per_chunk: int,
              train_steps: int, seed: int, question: str | None) -> None:
     """Run generate -> index -> train -> evaluate -> answer on sample_docs with the embedded defaults."""
-    from rag_rerank.finetune import finetune
-    from rag_rerank.qa_generation import create_qa_dataset, load_qa_dataset
-    from rag_rerank.report import evaluate_systems, markdown_table, write_report
+    from rag_rerank.evaluate.compare import evaluate_systems
+    from rag_rerank.evaluate.report import markdown_table, write_report
+    from rag_rerank.generate.dataset import create_qa_dataset
+    from rag_rerank.generate.store import load_qa_dataset
     from rag_rerank.retrieval import build_index, load_index
+    from rag_rerank.train.finetune import finetune
 
     t0, n = time.monotonic(), 5
     dataset_dir, index_dir, model_dir = out / "dataset", out / "index", out / "reranker"
@@ -69,7 +72,7 @@ def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, max_chunks: 
     if not queries:
         corpus, queries, qrels = data.split("validation")
     report = evaluate_systems(corpus, queries, qrels, index=index, rerankers={"finetuned": model_dir},
-                              n_resamples=2000, seed=seed)
+                              alpha="auto", n_resamples=2000, seed=seed)
     write_report(report, out / "report")
     click.echo(markdown_table(report))
     click.echo(f"  report: {out / 'report' / 'report.md'}")
@@ -79,7 +82,7 @@ def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, max_chunks: 
 
     question = question or queries[sorted(queries)[0]]
     click.echo(f"  Q: {question}")
-    with open_query_engine(index, reranker=str(model_dir), top_n=3, similarity_top_k=20, llm=llm,
+    with open_query_engine(index, reranker=str(model_dir), top_k=3, similarity_top_k=20, llm=llm,
                            base_url=base_url) as engine:
         response = engine.query(question)
     click.echo(format_answer(response))

@@ -21,20 +21,25 @@ EXIT_PARTIAL = 3
 @click.option("--llm", default="embedded", show_default=True,
               help="'embedded' (SmolLM2 via llama.cpp), 'openai:MODEL', or a .gguf path.")
 @click.option("--base-url", default=None, help="OpenAI-compatible endpoint for openai:MODEL (vLLM, Ollama...).")
-@click.option("--questions-per-chunk", default=2, show_default=True, type=click.IntRange(1, 20))
+@click.option("--questions-per-chunk", default=2, show_default=True, type=click.IntRange(1, 20),
+              help="Questions asked for (and kept at most) per chunk.")
 @click.option("--concurrency", default=None, type=click.IntRange(1, 256),
               help="Requests in flight [default: 1 for embedded (reproducible), 8 for remote].")
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="User-message template with {chunk} (and optionally {n}, {title}).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--chunk-tokens", default=256, show_default=True, type=click.IntRange(8, 8192))
-@click.option("--chunk-overlap", default=0, show_default=True, type=click.IntRange(0, 4096))
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Sampling seed sent with every request; also seeds the chunk subset and the splits.")
+@click.option("--chunk-tokens", default=256, show_default=True, type=click.IntRange(8, 8192),
+              help="Chunk size in tokens of --tokenizer (whole sentences are packed up to it).")
+@click.option("--chunk-overlap", default=0, show_default=True, type=click.IntRange(0, 4096),
+              help="Tokens of whole sentences shared by consecutive chunks.")
 @click.option("--tokenizer", default="embedded:minilm-ce", show_default=True,
               help="Tokenizer that counts chunk tokens (the reranker's).")
 @click.option("--max-chunks", default=None, type=click.IntRange(1), help="Ask for a deterministic subset only.")
 @click.option("--timeout", "request_timeout", default=60.0, show_default=True, type=float,
               help="Seconds per LLM request.")
-@click.option("--max-retries", default=4, show_default=True, type=click.IntRange(0, 20))
+@click.option("--max-retries", default=4, show_default=True, type=click.IntRange(0, 20),
+              help="Retries of a request on 429, 5xx, timeouts and garbled answers (exponential backoff, jitter).")
 @click.option("--retry-failed/--keep-failed", default=True, show_default=True,
               help="On a rerun, ask again for chunks that got no usable question (--keep-failed leaves a finished "
                    "dataset as it is; request errors are always retried).")
@@ -52,7 +57,7 @@ def generate_cmd(
     Example:
       rag-rerank generate sample_docs --out out/qa --max-chunks 20
     """
-    from rag_rerank.qa_generation import create_qa_dataset
+    from rag_rerank.generate.dataset import create_qa_dataset
 
     prompt = prompt_file.read_text(encoding="utf-8") if prompt_file else None
     s = create_qa_dataset(

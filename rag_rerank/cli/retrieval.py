@@ -48,7 +48,8 @@ def index_cmd(
 @click.option("--queries", "-q", "queries_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="BEIR queries.jsonl (or a dataset folder holding one).")
 @click.option("--top-k", "-k", default=100, show_default=True, type=click.IntRange(min=1), help="Docs per query.")
-@click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True)
+@click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True,
+              help="Which first stage: BM25, the bi-encoder, or their fusion.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="TREC run file to write.")
 @click.option("--bi-encoder", default=None, help="Refuse unless the index was built with this bi-encoder.")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default=None, help="Override the index's fusion.")

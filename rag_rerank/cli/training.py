@@ -1,4 +1,8 @@
-"""``rag-rerank mine`` and ``rag-rerank train``: hard negatives from the hybrid first stage, then fine-tuning."""
+"""``rag-rerank mine`` and ``rag-rerank train``: hard negatives from the hybrid first stage, then fine-tuning.
+
+``mine`` writes the training groups that ``train --groups`` reads (no second mining pass). ``train --target
+bi-encoder`` refuses the options that only the reranker uses, rather than ignoring them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
+
+# options that only a reranker uses: refused with --target bi-encoder
+RERANKER_ONLY = ("loss", "head_lr", "group_size", "max_length", "lr_scheduler", "sanity_gate", "resume", "groups")
 
 
 def _mining_options(f):
@@ -16,21 +24,22 @@ def _mining_options(f):
         click.option("--num-negatives", type=int, default=4, show_default=True, help="Hard negatives per question."),
         click.option("--num-random", type=int, default=1, show_default=True, help="Random negatives per question."),
         click.option("--relative-margin", type=float, default=0.05, show_default=True,
-                     help="Drop candidates scoring within this fraction of the positive (dense cosine)."),
+                     help="Drop candidates scoring within this fraction of the positive (dense cosine; 0: off)."),
         click.option("--neighbors", type=int, default=1, show_default=True,
                      help="Drop chunks within N positions of the positive in the same document (0: off)."),
         click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
                      help="A `rag-rerank index` folder over the dataset (default: built into DATASET/index)."),
         click.option("--bi-encoder", default=None, help="The index's bi-encoder (checked against the index)."),
         click.option("--max-queries", type=int, default=None, help="Use at most N training questions."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the negative sampling and of training."),
     ]):
         f = opt(f)
     return f
 
 
 def _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margin, neighbors, seed):
-    from rag_rerank.negatives import MiningConfig
+    from rag_rerank.train.mining import MiningConfig
 
     return MiningConfig(
         rank_min=rank_min, rank_max=rank_max, num_negatives=num_negatives, num_random=num_random,
@@ -41,19 +50,21 @@ def _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margi
 
 @click.command("mine")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Groups JSONL to write.")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Groups JSONL to write (the input of `rag-rerank train --groups`).")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]),
+              help="Which split's questions to mine for.")
 @click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per row.")
 @_mining_options
 def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negatives, num_random, relative_margin,
              neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
     """Mine hard negatives for DATASET_DIR's questions with the hybrid first stage.
 
-    Writes listwise rows {"query", "positive", "negatives"} that `rag-rerank train --groups` reads, and
+    Writes listwise rows {"query", "positive", "negatives"} that `rag-rerank train --groups OUT` reads, and
     reports how many candidates each false-negative guard removed.
     """
-    from rag_rerank.finetune import mine_split, open_index, save_mined
-    from rag_rerank.qa_output import load_qa_dataset
+    from rag_rerank.generate.store import load_qa_dataset
+    from rag_rerank.train.finetune import mine_split, open_index, save_mined
 
     dataset = load_qa_dataset(dataset_dir)
     index = open_index(dataset, dataset_dir, index_dir, bi_encoder)
@@ -61,7 +72,8 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
     mined = mine_split(dataset, index, split, mining=cfg, group_size=group_size, max_queries=max_queries)
     n = save_mined(out, mined)
     click.echo(mined.mining.summary())
-    click.echo(f"wrote {n} groups for {len(mined.queries)} {split} questions to {out}")
+    click.echo(f"wrote {n} groups for {len(mined.queries)} {split} questions to {out}; train on them with "
+               f"`rag-rerank train {dataset_dir} --groups {out} --out MODEL`")
 
 
 @click.command("train")
@@ -70,35 +82,43 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
 @click.option("--base-model", default=None,
               help="Cross-encoder to start from: embedded:minilm-ce (offline default), BAAI/bge-reranker-base, a dir. "
                    "With --target bi-encoder: the bi-encoder (default embedded:minilm).")
-@click.option("--target", type=click.Choice(["reranker", "bi-encoder"]), default="reranker", show_default=True)
-@click.option("--loss", type=click.Choice(["listwise", "bce"]), default="listwise", show_default=True)
+@click.option("--target", type=click.Choice(["reranker", "bi-encoder"]), default="reranker", show_default=True,
+              help="Fine-tune the reranker (cross-encoder) or the first stage's bi-encoder (MNRL).")
+@click.option("--groups", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Train on groups `rag-rerank mine` wrote, instead of mining again (the mining options are "
+                   "then unused).")
+@click.option("--loss", type=click.Choice(["listwise", "bce"]), default="listwise", show_default=True,
+              help="Grouped softmax over 1 positive + k negatives, or pointwise binary cross-entropy.")
 @click.option("--epochs", type=float, default=None, help="Passes over the data (default 2 reranker / 1 bi-encoder).")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
 @click.option("--lr", type=float, default=None, help="Encoder learning rate.")
 @click.option("--head-lr", type=float, default=None,
-              help="Learning rate of the new classifier head (default 1e-3; use --head-lr 0 to reuse --lr, "
-                   "e.g. for an already trained reranker such as bge-reranker-base).")
-@click.option("--batch-size", type=int, default=None)
+              help="Learning rate of the classifier head (default: 1e-3 for a new head, the encoder's for a trained "
+                   "one such as bge-reranker-base; 0 reuses --lr).")
+@click.option("--batch-size", type=int, default=None, help="Groups (listwise) or pairs (bce) per optimiser step.")
 @click.option("--group-size", type=int, default=5, show_default=True, help="1 positive + k negatives per group.")
 @click.option("--max-length", type=int, default=None, help="Query + passage tokens (default 256).")
 @click.option("--lr-scheduler", default=None,
               help="After warm-up: constant_with_warmup (default), warmup_stable_decay (constant, then a cosine "
                    "decay over the last 25% of steps) or linear, or any transformers scheduler name.")
-@click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True)
+@click.option("--sanity-gate", type=click.Choice(["stop", "raise", "warn", "off"]), default="stop", show_default=True,
+              help="What to do when the reranker is not learning (stuck on the uniform-loss plateau).")
 @click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
 @click.option("--precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto", show_default=True,
               help="Mixed precision: auto = bf16/fp16 on a CUDA GPU, fp32 on CPU; 'no' forces fp32.")
 @_mining_options
-def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr, head_lr, batch_size, group_size,
-              max_length, lr_scheduler, sanity_gate, resume, precision, rank_min, rank_max, num_negatives,
-              num_random, relative_margin, neighbors, index_dir, bi_encoder, max_queries, seed) -> None:
+@click.pass_context
+def train_cmd(ctx, dataset_dir, out, base_model, target, groups, loss, epochs, max_steps, lr, head_lr, batch_size,
+              group_size, max_length, lr_scheduler, sanity_gate, resume, precision, rank_min, rank_max,
+              num_negatives, num_random, relative_margin, neighbors, index_dir, bi_encoder, max_queries,
+              seed) -> None:
     """Fine-tune a reranker (or the bi-encoder) on DATASET_DIR's synthetic questions.
 
-    Mines hard negatives with the hybrid first stage (see `mine`), trains, evaluates on the
-    validation split (realistic: the hybrid top-20, positives not injected) and writes a model
-    directory with a model card. Warns loudly when fine-tuning did not beat the first stage.
+    Mines hard negatives with the hybrid first stage (see `mine`, or pass --groups), trains, evaluates on the
+    validation split (realistic: the hybrid top-20, positives not injected), chooses the fusion weight there and
+    writes a model directory with a model card. Warns loudly when fine-tuning did not beat the first stage.
     """
-    from rag_rerank.finetune import finetune
+    from rag_rerank.errors import ConfigError
 
     mining = _mining_config(rank_min, rank_max, num_negatives, num_random, relative_margin, neighbors, seed)
     command = "rag-rerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -107,12 +127,20 @@ def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr,
         "mixed_precision": precision,
     }.items() if v is not None}
     if target == "bi-encoder":
-        path = finetune(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm",
-                        target="bi-encoder", bi_encoder=bi_encoder, mining=mining, max_train_queries=max_queries,
-                        command=command, **overrides)
-        click.echo(f"bi-encoder saved to {path}; rebuild the index with: rag-rerank index {dataset_dir} "
-                   f"--out IDX --bi-encoder {path}")
+        given = [f"--{n.replace('_', '-')}" for n in RERANKER_ONLY
+                 if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to --target reranker; drop them for the bi-encoder "
+                              "(it trains with MultipleNegativesRankingLoss on the mined groups)")
+        from rag_rerank.train.bi_encoder import finetune_bi_encoder
+
+        bi = finetune_bi_encoder(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm",
+                                 mining=mining, max_train_queries=max_queries, **overrides)
+        click.echo(f"bi-encoder saved to {bi.out_dir} ({bi.rows} training rows); rebuild the index with: "
+                   f"rag-rerank index {dataset_dir} --out IDX --bi-encoder {bi.out_dir}")
         return
+    from rag_rerank.train.finetune import finetune
+
     overrides.update({"loss": loss, "train_group_size": group_size, "sanity_gate": sanity_gate})
     if max_length is not None:
         overrides["max_length"] = max_length
@@ -123,12 +151,12 @@ def train_cmd(dataset_dir, out, base_model, target, loss, epochs, max_steps, lr,
     if resume:
         overrides["resume_from_checkpoint"] = True
     result = finetune(dataset_dir, out, index_dir=index_dir, base_model=base_model or "embedded:minilm-ce",
-                      bi_encoder=bi_encoder, mining=mining, max_train_queries=max_queries, command=command,
-                      **overrides)
-    click.echo(f"model saved to {result.output_dir} ({result.steps} steps, {result.wall_time_s:.0f}s)")
+                      bi_encoder=bi_encoder, mining=mining, groups=groups, max_train_queries=max_queries,
+                      command=command, **overrides)
+    click.echo(f"model saved to {result.out_dir} ({result.steps} steps, {result.wall_time_s:.0f}s)")
     if result.fusion_alpha is not None:
-        click.echo(f"fusion alpha {result.fusion_alpha:g} chosen on the validation split (fusion.json): use it with "
-                   "`rag-rerank evaluate --interpolate auto` or RagRerankPostprocessor(interpolation_alpha=...)")
+        click.echo(f"fusion alpha {result.fusion_alpha:g} chosen on the validation split (fusion.json): "
+                   "`rag-rerank evaluate` and RagRerankPostprocessor serve the fused system by default")
     click.echo(f"first stage: {result.first_stage}  before: {result.eval_before}  after: {result.eval_after}")
     if result.collapsed or result.improved is False:
         click.secho(f"WARNING: {result.verdict}", fg="red", err=True)

@@ -1,7 +1,7 @@
-"""First-stage retrieval: BM25 (rank_bm25 semantics, sparse matrix), dense (bi-encoder + FAISS), hybrid fusion.
+"""Stage 2, the first stage: BM25 (rank_bm25 semantics, sparse matrix), dense (bi-encoder + FAISS), hybrid fusion.
 
 Every retriever has ``.index(corpus) -> self``, ``.search(queries, top_k) -> Run``, ``.save(dir)`` and
-``.load(dir)``. ``load_index(dir)`` opens a folder written by ``rag-rerank index``.
+``.load(dir)``. :func:`build_index` writes an index folder and :func:`load_index` opens one.
 
 Example:
     >>> from rag_rerank.retrieval import BM25Retriever
@@ -10,28 +10,14 @@ Example:
     ['d1']
 """
 
-from __future__ import annotations
+from rag_rerank._lazy import attach
 
-from rag_rerank.retrieval.bm25 import BM25Retriever, doc_text
-from rag_rerank.retrieval.dense import BiEncoderMismatchError, DenseRetriever, model_fingerprint
-from rag_rerank.retrieval.hybrid import HybridRetriever, normalize_scores, rrf, weighted_fusion
-from rag_rerank.retrieval.store import atomic_dir, build_index, load_index, resolve_corpus_path
-from rag_rerank.retrieval.tokenize import ENGLISH_STOPWORDS, Tokenizer
-
-__all__ = [
-    "ENGLISH_STOPWORDS",
-    "BM25Retriever",
-    "BiEncoderMismatchError",
-    "DenseRetriever",
-    "HybridRetriever",
-    "Tokenizer",
-    "atomic_dir",
-    "build_index",
-    "doc_text",
-    "load_index",
-    "model_fingerprint",
-    "normalize_scores",
-    "resolve_corpus_path",
-    "rrf",
-    "weighted_fusion",
-]
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "rag_rerank.retrieval.bm25": ("BM25Retriever",),
+    "rag_rerank.retrieval.common": ("doc_text",),
+    "rag_rerank.retrieval.dense": ("BiEncoderMismatchError", "DenseRetriever", "model_fingerprint"),
+    "rag_rerank.retrieval.fusion": ("interpolate_scores", "normalize_scores", "rrf", "weighted_fusion"),
+    "rag_rerank.retrieval.hybrid": ("HybridRetriever",),
+    "rag_rerank.retrieval.store": ("build_index", "load_index", "resolve_corpus_path"),
+    "rag_rerank.retrieval.tokenize": ("ENGLISH_STOPWORDS", "Tokenizer"),
+})

@@ -24,8 +24,16 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from rag_rerank.errors import DataError
-from rag_rerank.io import read_json, write_json
+from rag_rerank.errors import ConfigError, DataError
+from rag_rerank.io import atomic_dir, read_json, write_json
+from rag_rerank.retrieval.common import (
+    doc_text,
+    progress_disabled,
+    read_index_config,
+    reject_unknown_overrides,
+    replaceable_index,
+    tie_ranks,
+)
 from rag_rerank.retrieval.tokenize import Tokenizer
 from rag_rerank.types import Corpus, Queries, Run
 
@@ -33,18 +41,6 @@ logger = logging.getLogger(__name__)
 
 _FORMAT = "rag-rerank-bm25"
 _MAX_BATCH_NNZ = 20_000_000  # bound on the (queries x docs) product's size per batch
-
-
-def doc_text(doc: dict[str, str], include_title: bool = True) -> str:
-    """The text a retriever sees for a corpus record: ``title + " " + text`` (title optional).
-
-    Example:
-        >>> doc_text({"title": "Paris", "text": "is in France."})
-        'Paris is in France.'
-    """
-    title = (doc.get("title") or "").strip() if include_title else ""
-    text = doc.get("text") or ""
-    return f"{title} {text}" if title else text
 
 
 class BM25Retriever:
@@ -74,7 +70,7 @@ class BM25Retriever:
         include_title: bool = True,
     ) -> None:
         if k1 < 0 or not 0 <= b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+            raise ConfigError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
         self.tokenizer = tokenizer or Tokenizer()
         self.include_title = include_title
@@ -99,7 +95,8 @@ class BM25Retriever:
             raise DataError("cannot index an empty corpus; give at least one document")
         doc_ids = list(corpus)
         texts = (doc_text(corpus[d], self.include_title) for d in doc_ids)
-        bar = tqdm(texts, total=len(doc_ids), desc="BM25 tokenize", disable=_quiet(show_progress_bar, len(doc_ids)))
+        quiet = progress_disabled(show_progress_bar, len(doc_ids))
+        bar = tqdm(texts, total=len(doc_ids), desc="BM25 tokenize", disable=quiet)
         tokens = [self.tokenizer(t) for t in bar]
         return self.index_tokens(tokens, doc_ids)
 
@@ -112,7 +109,7 @@ class BM25Retriever:
             [0.417, 0.0, 0.0]
         """
         if len(tokenized) != len(doc_ids):
-            raise ValueError(f"{len(tokenized)} token lists but {len(doc_ids)} doc ids")
+            raise ConfigError(f"{len(tokenized)} token lists but {len(doc_ids)} doc ids")
         if not doc_ids:
             raise DataError("cannot index an empty corpus; give at least one document")
         if len(set(doc_ids)) != len(doc_ids):
@@ -170,14 +167,14 @@ class BM25Retriever:
         """
         self._check_indexed()
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
         qids = list(queries)
         run: Run = {}
         if not qids:
             return run
         # Bound the product's size: a common term can match most documents.
         batch = max(1, min(1024, _MAX_BATCH_NNZ // max(1, len(self.doc_ids))))
-        bar = tqdm(total=len(qids), desc="BM25 search", disable=_quiet(show_progress_bar, len(qids)))
+        bar = tqdm(total=len(qids), desc="BM25 search", disable=progress_disabled(show_progress_bar, len(qids)))
         for start in range(0, len(qids), batch):
             chunk = qids[start : start + batch]
             q = self._query_matrix([self.tokenizer(queries[qid]) for qid in chunk])
@@ -214,7 +211,7 @@ class BM25Retriever:
         return dict(zip(self._id_array[idx[order]].tolist(), data[order].tolist(), strict=False))
 
     def _set_ids(self, doc_ids: list[str]) -> None:
-        self._tie_rank = _tie_ranks(doc_ids)
+        self._tie_rank = tie_ranks(doc_ids)
         self._id_array = np.empty(len(doc_ids), dtype=object)
         self._id_array[:] = doc_ids
 
@@ -236,10 +233,8 @@ class BM25Retriever:
         Example:
             >>> BM25Retriever().index({"a": {"text": "x"}}).save("idx-bm25")  # doctest: +SKIP
         """
-        from rag_rerank.retrieval.store import atomic_dir
-
         self._check_indexed()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, replaceable=replaceable_index, what="rag-rerank index") as tmp:
             self.write(tmp)
 
     def write(self, folder: Path) -> None:
@@ -270,8 +265,6 @@ class BM25Retriever:
         Raises:
             DataError: when ``path`` holds no BM25 index.
         """
-        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
-
         folder, cfg = read_index_config(path, fmt=_FORMAT, what="BM25 index", subdir="bm25")
         reject_unknown_overrides("BM25Retriever.load", overrides, {"tokenizer"})
         r = cls(
@@ -291,18 +284,3 @@ class BM25Retriever:
             raise DataError(f"{folder}: weights.npz does not match vocab.json / doc_ids.json; rebuild the index")
         r._set_ids(r.doc_ids)
         return r
-
-
-def _tie_ranks(doc_ids: list[str]) -> np.ndarray:
-    """``rank[i]`` = position of ``doc_ids[i]`` in sorted order, so ties sort by doc id with numpy."""
-    order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)
-    rank = np.empty(len(doc_ids), dtype=np.int64)
-    rank[np.asarray(order, dtype=np.int64)] = np.arange(len(doc_ids), dtype=np.int64)
-    return rank
-
-
-def _quiet(show_progress_bar: bool | None, n: int) -> bool:
-    """``disable`` for tqdm: shown when asked, or by default when the job is large and logging is INFO."""
-    if show_progress_bar is None:
-        return n < 1000 or not logger.isEnabledFor(logging.INFO)
-    return not show_progress_bar

@@ -7,6 +7,7 @@ index (``rag-rerank index`` reuses the one it overwrites), and optionally in ``c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -15,10 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag_rerank.errors import DataError, ModelUnavailableError, RagRerankError
-from rag_rerank.io import atomic_write, read_json, write_json
+from rag_rerank.errors import ConfigError, DataError, ModelUnavailableError, RagRerankError
+from rag_rerank.io import atomic_dir, atomic_write, read_json, write_json
 from rag_rerank.models import load_bi_encoder, resolve_model_path
-from rag_rerank.retrieval.bm25 import _quiet, _tie_ranks, doc_text
+from rag_rerank.retrieval.common import (
+    doc_text,
+    progress_disabled,
+    read_index_config,
+    reject_unknown_overrides,
+    replaceable_index,
+    tie_ranks,
+)
 from rag_rerank.types import Corpus, Queries, Run, content_id
 
 if TYPE_CHECKING:
@@ -28,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 _FORMAT = "rag-rerank-dense"
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
-_FINGERPRINTS: dict[tuple, str] = {}
 
 
 class BiEncoderMismatchError(RagRerankError):
@@ -52,15 +59,20 @@ def model_fingerprint(name: str) -> str:
     else:
         files = [path]
     key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key not in _FINGERPRINTS:
-        h = hashlib.blake2b(digest_size=16)
-        for p in files:
-            h.update((p.relative_to(path).as_posix() if path.is_dir() else p.name).encode())
-            with p.open("rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-        _FINGERPRINTS[key] = h.hexdigest()[:16]
-    return _FINGERPRINTS[key]
+    return _hash_files(str(path), path.is_dir(), key)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(root: str, is_dir: bool, key: tuple[tuple[str, int, int], ...]) -> str:
+    """blake2b of the files' relative names and bytes; ``key`` (path, size, mtime) makes an edit a cache miss."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, _, _ in key:
+        p = Path(name)
+        h.update((p.relative_to(root).as_posix() if is_dir else p.name).encode())
+        with p.open("rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 class DenseRetriever:
@@ -98,9 +110,9 @@ class DenseRetriever:
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if faiss_index not in ("flat", "hnsw"):
-            raise ValueError(f"faiss_index={faiss_index!r}: use 'flat' (exact) or 'hnsw' (approximate, large corpora)")
+            raise ConfigError(f"faiss_index={faiss_index!r}: use 'flat' (exact) or 'hnsw' (approximate, large corpora)")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model_name = str(model)
         self.faiss_index, self.hnsw_m = faiss_index, hnsw_m
         self.ef_construction, self.ef_search = ef_construction, ef_search
@@ -148,7 +160,7 @@ class DenseRetriever:
             return np.zeros((0, self.dim), dtype=np.float32)
         emb = self.model.encode(
             texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-            show_progress_bar=not _quiet(show_progress_bar, len(texts)),
+            show_progress_bar=not progress_disabled(show_progress_bar, len(texts)),
         )
         return np.ascontiguousarray(emb, dtype=np.float32)
 
@@ -208,7 +220,7 @@ class DenseRetriever:
         """Top ``top_k`` documents per query by cosine similarity, ranked by ``(-score, doc_id)``."""
         self._check_indexed()
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
         qids = list(queries)
         if not qids:
             return {}
@@ -225,7 +237,7 @@ class DenseRetriever:
         return run
 
     def _set_ids(self, doc_ids: list[str]) -> None:
-        self._tie_rank = _tie_ranks(doc_ids)
+        self._tie_rank = tie_ranks(doc_ids)
         self._id_array = np.empty(len(doc_ids), dtype=object)
         self._id_array[:] = doc_ids
 
@@ -284,10 +296,8 @@ class DenseRetriever:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to folder ``path`` atomically (temp folder + rename)."""
-        from rag_rerank.retrieval.store import atomic_dir
-
         self._check_indexed()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, replaceable=replaceable_index, what="rag-rerank index") as tmp:
             self.write(tmp)
 
     def write(self, folder: Path) -> None:
@@ -314,8 +324,6 @@ class DenseRetriever:
             BiEncoderMismatchError: when ``model`` differs from the index's bi-encoder.
             DataError: when ``path`` holds no dense index.
         """
-        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
-
         folder, cfg = read_index_config(path, fmt=_FORMAT, what="dense index", subdir="dense")
         reject_unknown_overrides(
             "DenseRetriever.load", overrides, {"model", "device", "batch_size", "ef_search", "cache_dir"}

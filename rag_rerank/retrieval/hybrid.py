@@ -1,107 +1,28 @@
 """Hybrid retrieval: BM25 + dense, fused by reciprocal rank (default) or by normalised weighted scores.
 
-Fusion functions work on any ``Run``s, so they also fuse runs read from TREC files. Every output ranking is
-ordered by ``(-score, doc_id)`` and holds only documents some retriever actually returned.
+The fusion functions live in :mod:`rag_rerank.retrieval.fusion`. Every output ranking is ordered by
+``(-score, doc_id)`` and holds only documents some retriever actually returned.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.errors import DataError
-from rag_rerank.io import load_corpus, save_corpus, write_json
+from rag_rerank.errors import ConfigError, DataError
+from rag_rerank.io import atomic_dir, load_corpus, save_corpus, write_json
 from rag_rerank.retrieval.bm25 import BM25Retriever
+from rag_rerank.retrieval.common import read_index_config, reject_unknown_overrides, replaceable_index
 from rag_rerank.retrieval.dense import DenseRetriever
+from rag_rerank.retrieval.fusion import FUSIONS, NORMS, rrf, weighted_fusion
 from rag_rerank.types import Corpus, Queries, Run, ranked
 
 INDEX_FORMAT = "rag-rerank-index"
 MODES = ("bm25", "dense", "hybrid")
-
-
-def _weights(runs: Sequence[Run], weights: Sequence[float] | None) -> list[float]:
-    if weights is None:
-        return [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise ValueError(f"got {len(weights)} weights for {len(runs)} runs; give one weight per run")
-    return [float(w) for w in weights]
-
-
-def _qids(runs: Sequence[Run]) -> list[str]:
-    seen: dict[str, None] = {}
-    for run in runs:
-        seen.update(dict.fromkeys(run))
-    return list(seen)
-
-
-def rrf(runs: Sequence[Run], k: int = 60, weights: Sequence[float] | None = None, top_k: int | None = None) -> Run:
-    """Reciprocal rank fusion: ``score(d) = sum_r w_r / (k + rank_r(d))`` with 1-based ranks by ``(-score, id)``.
-
-    Example:
-        >>> rrf([{"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], k=60)["q"]
-        {'b': 0.03252247488101534, 'a': 0.01639344262295082, 'c': 0.016129032258064516}
-    """
-    if k < 0:
-        raise ValueError(f"rrf k must be >= 0, got {k}")
-    ws = _weights(runs, weights)
-    fused: Run = {}
-    for qid in _qids(runs):
-        acc: dict[str, float] = {}
-        for run, w in zip(runs, ws, strict=False):
-            for rank, (doc, _) in enumerate(ranked(run.get(qid, {})), 1):
-                acc[doc] = acc.get(doc, 0.0) + w / (k + rank)
-        fused[qid] = dict(ranked(acc, top_k))
-    return fused
-
-
-def normalize_scores(scores: dict[str, float], norm: str = "minmax") -> dict[str, float]:
-    """Normalise one query's scores: ``"minmax"`` to [0, 1] (all-equal -> 1.0) or ``"zscore"`` (std 0 -> 0.0).
-
-    Example:
-        >>> normalize_scores({"a": 3.0, "b": 1.0, "c": 2.0})
-        {'a': 1.0, 'b': 0.0, 'c': 0.5}
-    """
-    if norm not in ("minmax", "zscore"):
-        raise ValueError(f"norm={norm!r}: use 'minmax' or 'zscore'")
-    if not scores:
-        return {}
-    vals = list(scores.values())
-    if norm == "minmax":
-        lo, hi = min(vals), max(vals)
-        return {d: (s - lo) / (hi - lo) if hi > lo else 1.0 for d, s in scores.items()}
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-    return {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
-
-
-def weighted_fusion(
-    runs: Sequence[Run], weights: Sequence[float] | None = None, norm: str = "minmax", top_k: int | None = None
-) -> Run:
-    """Weighted sum of per-query normalised scores.
-
-    A document missing from one run gets that run's lowest normalised score for the query (0 for min-max,
-    the minimum z for z-score), i.e. it is treated as no better than the worst candidate that run returned.
-
-    Example:
-        >>> weighted_fusion([{"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.1}}], weights=[1, 1])["q"]
-        {'a': 1.0, 'b': 1.0, 'c': 0.0}
-    """
-    ws = _weights(runs, weights)
-    fused: Run = {}
-    for qid in _qids(runs):
-        acc: dict[str, float] = {}
-        parts = [normalize_scores(run.get(qid, {}), norm) for run in runs]
-        docs = {d for p in parts for d in p}
-        for part, w in zip(parts, ws, strict=False):
-            floor = min(part.values()) if part and norm == "zscore" else 0.0
-            for d in docs:
-                acc[d] = acc.get(d, 0.0) + w * part.get(d, floor)
-        fused[qid] = dict(ranked(acc, top_k))
-    return fused
+FUSION_KEYS = frozenset({"fusion", "rrf_k", "weights", "norm", "depth"})
 
 
 class HybridRetriever:
@@ -134,12 +55,12 @@ class HybridRetriever:
         norm: str = "minmax",
         depth: int | tuple[int, int] | None = None,
     ) -> None:
-        if fusion not in ("rrf", "weighted"):
-            raise ValueError(f"fusion={fusion!r}: use 'rrf' or 'weighted'")
-        if norm not in ("minmax", "zscore"):
-            raise ValueError(f"norm={norm!r}: use 'minmax' or 'zscore'")
+        if fusion not in FUSIONS:
+            raise ConfigError(f"fusion={fusion!r}: use one of {list(FUSIONS)}")
+        if norm not in NORMS:
+            raise ConfigError(f"norm={norm!r}: use one of {list(NORMS)}")
         if len(weights) != 2:
-            raise ValueError(f"weights={weights!r}: give two numbers, (bm25, dense)")
+            raise ConfigError(f"weights={weights!r}: give two numbers, (bm25, dense)")
         self.bm25: BM25Retriever = bm25 if bm25 is not None else BM25Retriever()
         self.dense: DenseRetriever | None = dense if dense is not None else DenseRetriever()
         self.fusion, self.rrf_k, self.norm = fusion, int(rrf_k), norm
@@ -183,11 +104,13 @@ class HybridRetriever:
             ValueError: for an unknown mode, or a dense/hybrid search on an index built without a bi-encoder.
         """
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: use one of {list(MODES)}")
+            raise ConfigError(f"mode={mode!r}: use one of {list(MODES)}")
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
         if mode != "bm25" and self.dense is None:
-            raise ValueError(f"mode={mode!r} needs a dense index, but this index has none; use mode='bm25' or re-index")
+            raise ConfigError(
+                f"mode={mode!r} needs a dense index, but this index has none; use mode='bm25' or re-index"
+            )
         if mode == "bm25":
             return self.bm25.search(queries, top_k, show_progress_bar)
         if mode == "dense":
@@ -206,33 +129,59 @@ class HybridRetriever:
             fused = weighted_fusion(runs, weights=self.weights, norm=self.norm, top_k=top_k)
         return {q: fused.get(q, {}) for q in queries}
 
+    def with_fusion(self, **settings: Any) -> HybridRetriever:
+        """The same BM25 and dense indexes with other fusion settings (``fusion``, ``rrf_k``, ``weights``, ``norm``,
+        ``depth``); nothing is copied or re-indexed.
+
+        Example:
+            >>> tuned = index.with_fusion(fusion="weighted", norm="zscore", weights=(0.4, 0.6))  # doctest: +SKIP
+        """
+        unknown = set(settings) - FUSION_KEYS
+        if unknown:
+            raise ConfigError(f"unknown fusion settings {sorted(unknown)}; use {sorted(FUSION_KEYS)}")
+        cfg = {**self.config(), **settings}
+        depth = cfg["depth"]
+        other = HybridRetriever(self.bm25, self.dense, fusion=cfg["fusion"], rrf_k=cfg["rrf_k"],
+                                weights=tuple(cfg["weights"]), norm=cfg["norm"],
+                                depth=tuple(depth) if isinstance(depth, list) else depth)
+        other.dense = self.dense
+        other._corpus, other._corpus_path = self._corpus, self._corpus_path
+        return other
+
     def search_all(
         self,
         queries: Queries,
         top_k: int = 100,
         show_progress_bar: bool | None = None,
         timings: dict[str, float] | None = None,
+        fusions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Run]:
         """The ``bm25``, ``dense`` and ``hybrid`` runs from one BM25 pass and one dense pass.
 
         Each run equals ``search(queries, top_k, mode)``; the hybrid fuses the same component runs
-        instead of searching (and encoding the queries) again. ``timings``, if given, receives the
-        seconds of each pass, and for ``hybrid`` both passes plus the fusion (what a hybrid search costs).
+        instead of searching (and encoding the queries) again. ``fusions`` adds one run per named set of fusion
+        settings (see :meth:`with_fusion`), fused from the same passes. ``timings``, if given, receives the
+        seconds of each pass, and for each fused run both passes plus its fusion (what a hybrid search costs).
         """
         if self.dense is None:
-            raise ValueError("search_all needs a dense index, but this index has none; use search(mode='bm25')")
-        d_bm25, d_dense = self._depths(top_k)
+            raise ConfigError("search_all needs a dense index, but this index has none; use search(mode='bm25')")
+        variants = {"hybrid": self, **{name: self.with_fusion(**cfg) for name, cfg in (fusions or {}).items()}}
+        depths = [v._depths(top_k) for v in variants.values()]
         start = time.perf_counter()
-        bm25 = self.bm25.search(queries, max(d_bm25, top_k), show_progress_bar)
+        bm25 = self.bm25.search(queries, max(top_k, *(d[0] for d in depths)), show_progress_bar)
         t_bm25 = time.perf_counter() - start
         start = time.perf_counter()
-        dense = self.dense.search(queries, max(d_dense, top_k), show_progress_bar)
+        dense = self.dense.search(queries, max(top_k, *(d[1] for d in depths)), show_progress_bar)
         t_dense = time.perf_counter() - start
-        start = time.perf_counter()
-        hybrid = self._fuse([_truncate(bm25, d_bm25), _truncate(dense, d_dense)], queries, top_k)
+        out = {"bm25": _truncate(bm25, top_k), "dense": _truncate(dense, top_k)}
+        for (name, variant), (d_bm25, d_dense) in zip(variants.items(), depths, strict=True):
+            start = time.perf_counter()
+            out[name] = variant._fuse([_truncate(bm25, d_bm25), _truncate(dense, d_dense)], queries, top_k)
+            if timings is not None:
+                timings[name] = t_bm25 + t_dense + time.perf_counter() - start
         if timings is not None:
-            timings.update(bm25=t_bm25, dense=t_dense, hybrid=t_bm25 + t_dense + time.perf_counter() - start)
-        return {"bm25": _truncate(bm25, top_k), "dense": _truncate(dense, top_k), "hybrid": hybrid}
+            timings.update(bm25=t_bm25, dense=t_dense)
+        return out
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -250,10 +199,8 @@ class HybridRetriever:
             >>> HybridRetriever().index(corpus).save("idx")  # doctest: +SKIP
         """
         from rag_rerank import __version__
-        from rag_rerank.retrieval.store import atomic_dir
-
         corpus = self.corpus
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, replaceable=replaceable_index, what="rag-rerank index") as tmp:
             save_corpus(tmp / "corpus.jsonl", corpus)
             self.bm25.write(tmp / "bm25")
             if self.dense is not None:
@@ -279,13 +226,11 @@ class HybridRetriever:
         Raises:
             DataError: when ``path`` is not an index folder.
         """
-        from rag_rerank.retrieval._common import read_index_config, reject_unknown_overrides
-
         folder, cfg = read_index_config(
             path, fmt=INDEX_FORMAT, what="rag-rerank index",
             missing="{folder}: not an index folder (no config.json); build one with `rag-rerank index`",
         )
-        fusion_keys = {"fusion", "rrf_k", "weights", "norm", "depth"}
+        fusion_keys = FUSION_KEYS
         dense_keys = {"device", "batch_size", "ef_search"}
         reject_unknown_overrides("HybridRetriever.load", overrides, fusion_keys | dense_keys)
         bm25 = BM25Retriever.load(folder / "bm25")

@@ -7,19 +7,15 @@ Layout of an index folder::
     IDX/bm25/              weights.npz (terms x docs), idf.npy, doc_len.npy, vocab.json, doc_ids.json, config.json
     IDX/dense/             faiss.index, doc_ids.json, text_keys.json (embedding cache keys), config.json
 
-A folder is written under a temporary name beside the target and renamed into place, so readers never see a
-half-written index; an existing index at the target is replaced only once the new one is complete.
+A folder is written under a temporary name beside the target and renamed into place
+(:func:`rag_rerank.io.atomic_dir`), so readers never see a half-written index; an existing index at the target
+is replaced only once the new one is complete, and a folder that is not an index is never replaced.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,51 +27,6 @@ from rag_rerank.retrieval.hybrid import HybridRetriever
 from rag_rerank.types import Corpus
 
 logger = logging.getLogger(__name__)
-
-
-def _is_replaceable(path: Path) -> bool:
-    """An empty folder, or one holding a rag-rerank index (full, bm25 or dense) that we may overwrite."""
-    if not any(path.iterdir()):
-        return True
-    try:
-        fmt = json.loads((path / "config.json").read_text(encoding="utf-8")).get("format", "")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(fmt, str) and fmt.startswith("rag-rerank-")
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (rename), else it is removed.
-
-    Refuses to replace an existing folder that is neither empty nor a rag-rerank index.
-
-    Example:
-        >>> with atomic_dir("idx") as tmp:  # doctest: +SKIP
-        ...     (tmp / "config.json").write_text("{}")
-    """
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or not _is_replaceable(path)):
-        raise DataError(
-            f"{path} exists and is not a rag-rerank index; refusing to overwrite it. Choose another --out folder"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an index folder should get the usual permissions
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "index")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_corpus_path(path: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rag_rerank.errors import missing_extra
+from rag_rerank.errors import ConfigError, missing_extra
 
 # Han (incl. extension A and compatibility), Hiragana, Katakana (incl. half-width and phonetic extensions).
 _CJK = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
@@ -70,17 +70,17 @@ class Tokenizer:
 
     def __post_init__(self) -> None:
         if self.cjk not in ("bigram", "char", "none"):
-            raise ValueError(f"cjk={self.cjk!r}: use 'bigram', 'char' or 'none'")
+            raise ConfigError(f"cjk={self.cjk!r}: use 'bigram', 'char' or 'none'")
         if self.normalization not in (None, "NFC", "NFKC", "NFD", "NFKD"):
-            raise ValueError(f"normalization={self.normalization!r}: use NFC, NFKC, NFD, NFKD or None")
+            raise ConfigError(f"normalization={self.normalization!r}: use NFC, NFKC, NFD, NFKD or None")
         try:
             regex = re.compile(self.pattern)
         except re.error as e:
-            raise ValueError(f"tokenizer pattern {self.pattern!r} is not a valid regex: {e}") from e
+            raise ConfigError(f"tokenizer pattern {self.pattern!r} is not a valid regex: {e}") from e
         stop = self.stopwords
         if isinstance(stop, str):
             if stop != "english":
-                raise ValueError(f"stopwords={stop!r}: use 'english', a collection of words, or None")
+                raise ConfigError(f"stopwords={stop!r}: use 'english', a collection of words, or None")
             words = ENGLISH_STOPWORDS
         else:
             words = frozenset(w.lower() if self.lowercase else w for w in (stop or ()))
@@ -148,7 +148,7 @@ class Tokenizer:
             True
         """
         if callable(self.stemmer):
-            raise ValueError(
+            raise ConfigError(
                 "a tokenizer with a callable stemmer cannot be saved; use a PyStemmer language name (e.g. 'english')"
             )
         stop = self.stopwords
@@ -184,4 +184,4 @@ def _make_stemmer(stemmer: str | Callable[[str], str] | None) -> Callable[[str],
     try:
         return Stemmer.Stemmer(stemmer).stemWord
     except KeyError as e:
-        raise ValueError(f"stemmer={stemmer!r}: PyStemmer knows {sorted(Stemmer.algorithms())}") from e
+        raise ConfigError(f"stemmer={stemmer!r}: PyStemmer knows {sorted(Stemmer.algorithms())}") from e

@@ -1,0 +1,188 @@
+"""How much to trust a fine-tuned reranker: the fusion weight ``alpha``, chosen on synthetic validation questions.
+
+A cross-encoder fine-tuned on a few thousand synthetic questions is often best used *fused* with the first
+stage it reranks: ``alpha * z(reranker) + (1 - alpha) * z(first stage)`` over each query's top-k (see
+:func:`rag_rerank.retrieval.fusion.interpolate_scores`). ``alpha`` is a setting like any other, so it is chosen on
+the validation split of the generated dataset (never on human labels) and saved next to the model as
+``fusion.json``; :func:`load_fusion` reads it back.
+
+The choice is honest about noise: the gain of the chosen alpha over the first stage (alpha 0) gets a paired
+bootstrap CI over the validation questions. With fewer than ``min_queries`` questions, or when that CI does not
+exclude 0, the shipped weight is 0: the reranker is not trusted, and the system served is the first stage.
+
+Example:
+    >>> run = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    >>> choice = choose_alpha(run, {"q": {"a": 0.0, "b": 1.0, "c": 0.5}}, {"q": {"b": 1}}, top_k=3)
+    >>> choice.best_alpha, choice.status, choice.alpha  # one question cannot justify trusting the reranker
+    (0.4, 'not_enough_data', 0.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_rerank.errors import ConfigError, DataError
+from rag_rerank.io import read_json, write_json
+from rag_rerank.rerank.runs import interpolate_run
+from rag_rerank.types import Qrels, Run
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "FusionChoice", "choose_alpha", "load_fusion",
+           "save_fusion", "saved_alpha"]
+
+DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+FUSION_FILE = "fusion.json"
+MIN_VALIDATION_QUERIES = 50
+
+
+@dataclass(frozen=True)
+class FusionChoice:
+    """The shipped ``alpha`` (1 = reranker only, 0 = first stage only), and why.
+
+    Attributes:
+        alpha: the weight served (0 when the reranker is not trusted).
+        metric, value: the metric maximised on validation, and its value at ``alpha``.
+        by_alpha: the validation metric at every alpha of the grid.
+        queries, top_k: validation questions used, and the fusion depth.
+        best_alpha: the alpha with the best validation metric (ties: the smaller), before the significance check.
+        gain, gain_ci95: the gain of ``best_alpha`` over alpha 0 on validation, with its paired bootstrap CI.
+        status: ``"improved"`` (the CI excludes 0: ``alpha = best_alpha``), ``"no_gain"`` (it does not:
+            ``alpha = 0``) or ``"not_enough_data"`` (fewer than ``min_queries`` questions: ``alpha = 0``).
+        first_stage: the tuned first stage's fusion settings the weight was chosen with (``None``: the index's).
+        chosen_on: where it was chosen (never on human labels).
+    """
+
+    alpha: float
+    metric: str
+    value: float
+    by_alpha: dict[str, float] = field(default_factory=dict)
+    queries: int = 0
+    top_k: int = 20
+    best_alpha: float | None = None
+    gain: float | None = None
+    gain_ci95: tuple[float, float] | None = None
+    status: str = "improved"
+    first_stage: dict[str, Any] | None = None
+    chosen_on: str = "synthetic validation split"
+
+    @property
+    def improved(self) -> bool:
+        """Whether the reranker is trusted (a validation gain whose CI excludes 0)."""
+        return self.status == "improved"
+
+
+def choose_alpha(
+    first_stage: Run,
+    rerank_scores: Mapping[str, Mapping[str, float]],
+    qrels: Qrels,
+    *,
+    top_k: int = 20,
+    metric: str = "mrr@10",
+    grid: Sequence[float] = DEFAULT_GRID,
+    min_queries: int = MIN_VALIDATION_QUERIES,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    first_stage_settings: Mapping[str, Any] | None = None,
+) -> FusionChoice:
+    """The ``alpha`` of ``grid`` with the best mean ``metric`` (ties: the smaller), kept only if its gain over the
+    first stage has a paired bootstrap CI that excludes 0 and there are at least ``min_queries`` questions.
+
+    Args:
+        first_stage: the first-stage run of the validation questions.
+        rerank_scores: ``{qid: {doc_id: score}}`` for each query's top ``top_k``
+            (:func:`rag_rerank.rerank.runs.score_candidates`).
+        qrels: the validation qrels (synthetic: question -> the chunk it was written from).
+        top_k, metric, grid: fusion depth, the metric to maximise, the alphas tried.
+        min_queries: below this many validation questions the reranker is not trusted (alpha 0).
+        n_resamples, seed: the bootstrap.
+        first_stage_settings: the fusion settings of ``first_stage`` (recorded in ``fusion.json``).
+    """
+    from rag_rerank.evaluate.metrics import per_query
+    from rag_rerank.evaluate.significance import paired_bootstrap
+
+    qids = [q for q in first_stage if q in qrels and q in rerank_scores]
+    if not qids:
+        raise DataError("no validation question has both a first-stage run and reranker scores; cannot choose alpha")
+    if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
+        raise ConfigError(f"grid={list(grid)} must be non-empty alphas in [0, 1]")
+    run = {q: first_stage[q] for q in qids}
+    sub_qrels = {q: qrels[q] for q in qids}
+    alphas = sorted(set(grid) | {0.0})
+    per_alpha = {a: per_query(interpolate_run(run, rerank_scores, a, top_k), sub_qrels, metric) for a in alphas}
+    by_alpha = {f"{a:g}": float(np.mean(list(v.values()))) if v else 0.0 for a, v in per_alpha.items()
+                if a in set(grid)}
+    best = max(by_alpha.items(), key=lambda kv: (kv[1], -float(kv[0])))
+    best_alpha = float(best[0])
+    base = per_alpha[0.0]
+    boot = paired_bootstrap(per_alpha[best_alpha], base, n_resamples, seed) if base else None
+    gain = boot.mean_delta if boot else 0.0
+    ci = (boot.ci95_lo, boot.ci95_hi) if boot else (0.0, 0.0)
+    if len(qids) < min_queries:
+        status, alpha = "not_enough_data", 0.0
+    elif best_alpha > 0 and ci[0] > 0:
+        status, alpha = "improved", best_alpha
+    else:
+        status, alpha = "no_gain", 0.0
+    value = float(np.mean(list(per_alpha[alpha].values()))) if per_alpha[alpha] else 0.0
+    choice = FusionChoice(alpha=alpha, metric=metric, value=value, by_alpha=by_alpha, queries=len(qids),
+                          top_k=top_k, best_alpha=best_alpha, gain=gain, gain_ci95=ci, status=status,
+                          first_stage=dict(first_stage_settings) if first_stage_settings else None)
+    logger.info("fusion: best alpha %.1f on %d validation questions (%s %.4f vs %.4f for the first stage, "
+                "%+.4f [%+.4f, %+.4f]) -> %s, serving alpha %.1f", best_alpha, len(qids), metric, best[1],
+                by_alpha.get("0", float("nan")), gain, ci[0], ci[1], status, alpha)
+    return choice
+
+
+def save_fusion(model_dir: str | os.PathLike, choice: FusionChoice) -> Path:
+    """Write ``fusion.json`` next to a model (atomically)."""
+    path = Path(model_dir) / FUSION_FILE
+    data = asdict(choice)
+    data["gain_ci95"] = list(choice.gain_ci95) if choice.gain_ci95 is not None else None
+    write_json(path, data)
+    return path
+
+
+def load_fusion(model_dir: str | os.PathLike) -> FusionChoice | None:
+    """The ``fusion.json`` saved with a model, or ``None`` (a model trained elsewhere, or before fusion existed).
+
+    Raises:
+        DataError: when the file is not a fusion file.
+    """
+    path = Path(model_dir) / FUSION_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    try:
+        alpha = float(data["alpha"])
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(alpha)
+        names = {f.name for f in fields(FusionChoice)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("gain_ci95") is not None:
+            kwargs["gain_ci95"] = tuple(kwargs["gain_ci95"])
+        return FusionChoice(**kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: not a fusion file with an alpha in [0, 1] ({e}); delete it or retrain") from e
+
+
+def saved_alpha(model: str | os.PathLike, warn: bool = True) -> float | None:
+    """The alpha saved with ``model`` (a folder), or ``None`` when it has none (logged; a warning with ``warn``).
+
+    What ``evaluate --alpha auto`` and ``RagRerankPostprocessor(alpha="auto")`` resolve to; a model without
+    ``fusion.json`` (a hub id, or one trained elsewhere) is then used unfused.
+    """
+    saved = load_fusion(model) if Path(model).is_dir() else None
+    if saved is None:
+        (logger.warning if warn else logger.info)(
+            "%s has no fusion.json (not adapted or trained by rag-rerank): it is served unfused (the reranker "
+            "score alone)", model)
+        return None
+    return saved.alpha

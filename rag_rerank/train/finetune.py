@@ -1,0 +1,241 @@
+"""Dataset + first stage -> mined negatives -> training rows -> a fine-tuned reranker: :func:`finetune`.
+
+This is the glue behind ``rag-rerank mine`` and ``rag-rerank train``: it loads a generated dataset,
+retrieves candidates for its questions with the hybrid first stage, mines hard negatives with the
+false-negative guards (or reads groups ``rag-rerank mine`` wrote), builds realistic validation samples (the
+first stage's top-k, positives not injected), calls :func:`rag_rerank.train.reranker_trainer.train_reranker`,
+and chooses the fusion weight on validation. The bi-encoder's counterpart is
+:func:`rag_rerank.train.bi_encoder.finetune_bi_encoder`.
+
+Example:
+    >>> from rag_rerank import finetune
+    >>> res = finetune("data/qa", "models/reranker", index_dir="idx/qa", max_steps=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.errors import DataError
+from rag_rerank.generate.store import QADataset, load_qa_dataset
+from rag_rerank.io import iter_jsonl, write_jsonl
+from rag_rerank.train.config import RerankerTrainingConfig, TrainResult
+from rag_rerank.train.groups import build_groups
+from rag_rerank.train.mining import MiningConfig, MiningResult, mine_hard_negatives
+from rag_rerank.types import Queries, Run, ranked
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_OFFLINE = "embedded:minilm-ce"
+
+
+@dataclass(frozen=True)
+class MinedSplit:
+    """Mined negatives for one split, with the first-stage run they came from."""
+
+    split: str
+    queries: Queries
+    run: Run
+    mining: MiningResult
+    groups: list[dict[str, Any]]
+
+
+def open_index(dataset: QADataset, dataset_dir: Path, index_dir: str | os.PathLike | None, bi_encoder: str | None):
+    """Load ``index_dir``, or build (once) a hybrid index over the dataset's corpus in ``DATASET/index``.
+
+    Raises:
+        DataError: when the index does not cover the dataset's chunks (built over another corpus).
+    """
+    from rag_rerank.retrieval.store import build_index, load_index
+
+    if index_dir is None:
+        index_dir = dataset_dir / "index"
+        if not (Path(index_dir) / "config.json").is_file():
+            logger.info("no --index given: building a hybrid index over %s into %s", dataset_dir, index_dir)
+            return build_index(dataset.corpus, index_dir, bi_encoder=bi_encoder or "embedded:minilm")
+    index = load_index(index_dir, bi_encoder=bi_encoder)
+    missing = [c for c in dataset.corpus if c not in index.corpus]
+    if missing:
+        raise DataError(
+            f"index {index_dir} does not contain {len(missing)} of the dataset's {len(dataset.corpus)} chunks "
+            f"(e.g. {missing[0]!r}); it was built over a different corpus. "
+            f"Fix: rag-rerank index {dataset_dir} --out IDX"
+        )
+    return index
+
+
+def mine_split(
+    dataset: QADataset,
+    index: Any,
+    split: str = "train",
+    *,
+    mining: MiningConfig | None = None,
+    group_size: int = 5,
+    max_queries: int | None = None,
+    show_progress_bar: bool | None = None,
+) -> MinedSplit:
+    """Retrieve with the hybrid first stage and mine negatives for the questions of ``split``.
+
+    The rank window and guards come from ``mining``; the relative margin is applied to the dense
+    (cosine) scores, which are comparable across queries, rather than to RRF scores.
+    """
+    mining = mining or MiningConfig()
+    corpus, queries, qrels = dataset.split(split)
+    if max_queries is not None and len(queries) > max_queries:
+        keep = sorted(queries)[:max_queries]  # ids are content hashes: a deterministic, unbiased subset
+        queries = {q: queries[q] for q in keep}
+        qrels = {q: qrels[q] for q in keep}
+    if not queries:
+        raise DataError(f"split {split!r} has no questions; generate more chunks or change the split ratios")
+    depth = max(mining.rank_max, 30)
+    margin_run = None
+    if mining.relative_margin is not None and getattr(index, "dense", None) is not None:
+        # the margin uses dense cosine scores: take them from the same passes the hybrid fuses
+        runs = index.search_all(queries, top_k=depth, show_progress_bar=show_progress_bar)
+        run, margin_run = runs["hybrid"], runs["dense"]
+    else:
+        run = index.search(queries, top_k=depth, mode="hybrid", show_progress_bar=show_progress_bar)
+    meta = {cid: {**dataset.chunks.get(cid, {}), "text": corpus[cid]["text"]} for cid in corpus}
+    result = mine_hard_negatives(run, qrels, meta, mining, margin_scores=margin_run,
+                                 show_progress_bar=show_progress_bar)
+    groups = build_groups(queries, qrels, result.negatives, corpus, group_size=group_size, seed=mining.seed)
+    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups)
+
+
+def validation_run(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
+                   max_queries: int | None = 200) -> tuple[Queries, Any, Any, Run]:
+    """``(queries, qrels, corpus, hybrid run)`` of up to ``max_queries`` questions of ``split`` (a fixed subset)."""
+    corpus, queries, qrels = dataset.split(split)
+    if max_queries is not None and len(queries) > max_queries:
+        queries = {q: queries[q] for q in sorted(queries)[:max_queries]}
+    run = index.search(queries, top_k=top_k, mode="hybrid") if queries else {}
+    return queries, {q: qrels[q] for q in queries}, corpus, run
+
+
+def samples_from_run(queries: Queries, qrels: Any, corpus: Any, run: Run, top_k: int = 20) -> list[dict[str, Any]]:
+    """Realistic reranking samples: each question with the first stage's top-k in order; positives not injected."""
+    return [
+        {
+            "query": queries[q],
+            "positive": [corpus[d]["text"] for d in qrels[q] if qrels[q][d] > 0],
+            "documents": [corpus[d]["text"] for d, _ in ranked(run.get(q, {}), top_k)],
+        }
+        for q in sorted(queries)
+    ]
+
+
+def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
+                 max_queries: int | None = 200) -> list[dict[str, Any]]:
+    """Realistic reranking samples: each question with the hybrid top-k in order; positives not injected."""
+    return samples_from_run(*validation_run(dataset, index, split, top_k, max_queries), top_k=top_k)
+
+
+def choose_fusion(model_dir: str | os.PathLike, queries: Queries, qrels: Any, corpus: Any, run: Run,
+                  top_k: int = 20, show_progress_bar: bool | None = None) -> Any:
+    """Score the validation candidates with the trained model, choose the fusion alpha and save ``fusion.json``."""
+    from rag_rerank.rerank.fusion import choose_alpha, save_fusion
+    from rag_rerank.rerank.reranker import Reranker
+    from rag_rerank.rerank.runs import score_candidates
+
+    heads = score_candidates(run, queries, corpus, Reranker(str(model_dir)), top_k,
+                             show_progress_bar=show_progress_bar)
+    choice = choose_alpha(run, heads, qrels, top_k=top_k)
+    save_fusion(model_dir, choice)
+    return choice
+
+
+def save_mined(path: str | os.PathLike, mined: MinedSplit) -> int:
+    """Write the training groups as JSONL (``query``, ``positive``, ``negatives``): what ``train --groups`` reads."""
+    return write_jsonl(path, mined.groups)
+
+
+def load_groups(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read training groups written by :func:`save_mined` (``rag-rerank mine``).
+
+    Raises:
+        DataError: naming the file and row of a record without ``query``, ``positive`` and ``negatives``.
+    """
+    rows = list(iter_jsonl(path))
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("query"), str) or not isinstance(row.get("positive"), str) \
+                or not isinstance(row.get("negatives"), list):
+            raise DataError(f"{path}: row {i} is not a training group {{'query', 'positive', 'negatives': [...]}}; "
+                            "write the file with `rag-rerank mine`")
+    if not rows:
+        raise DataError(f"{path}: no training groups; mine some with `rag-rerank mine DATASET --out {path}`")
+    return rows
+
+
+def finetune(
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    index_dir: str | os.PathLike | None = None,
+    base_model: str = DEFAULT_BASE_OFFLINE,
+    bi_encoder: str | None = None,
+    mining: MiningConfig | None = None,
+    training: RerankerTrainingConfig | None = None,
+    groups: str | os.PathLike | list[dict[str, Any]] | None = None,
+    max_train_queries: int | None = None,
+    top_k: int = 20,
+    max_eval_queries: int | None = 200,
+    fusion: bool = True,
+    command: str | None = None,
+    show_progress_bar: bool | None = None,
+    **training_overrides: Any,
+) -> TrainResult:
+    """Mine negatives with the hybrid first stage and fine-tune a reranker.
+
+    Args:
+        dataset_dir: a dataset written by ``rag-rerank generate``.
+        out_dir: where the model (and its card) go.
+        index_dir: a ``rag-rerank index`` folder over the same corpus (built into ``DATASET/index`` if None).
+        base_model: the cross-encoder to start from (``embedded:minilm-ce`` offline, ``BAAI/bge-reranker-base``
+            online). A new head gets a fast learning rate and a trained one does not, whatever ``training`` is
+            (``head_learning_rate="auto"``).
+        bi_encoder: the index's bi-encoder, if not the default.
+        mining: hard-negative settings (ignored with ``groups``).
+        training: a :class:`~rag_rerank.train.config.RerankerTrainingConfig`.
+        groups: training groups already mined (a JSONL path written by ``rag-rerank mine``, or the rows):
+            no mining then.
+        max_train_queries: cap on training questions (a deterministic subset).
+        top_k: depth of the realistic validation reranking (and of the fusion).
+        max_eval_queries: validation questions used (a fixed subset; each costs ``top_k`` pairs per evaluation).
+        fusion: after training, choose the reranker/first-stage fusion alpha on the validation split and save
+            it as ``fusion.json`` in ``out_dir`` (see :mod:`rag_rerank.rerank.fusion`).
+        command: the command line recorded in the model card.
+        **training_overrides: fields of the training config (``max_steps=10``, ``loss="bce"``, ...).
+
+    Returns:
+        A :class:`~rag_rerank.train.config.TrainResult`.
+    """
+    from rag_rerank.train.reranker_trainer import train_reranker
+
+    dataset_dir = Path(dataset_dir)
+    dataset = load_qa_dataset(dataset_dir)
+    index = open_index(dataset, dataset_dir, index_dir, bi_encoder)
+    cfg = replace(training or RerankerTrainingConfig(), **training_overrides)
+    if groups is None:
+        mined = mine_split(dataset, index, "train", mining=mining, group_size=cfg.train_group_size,
+                           max_queries=max_train_queries, show_progress_bar=show_progress_bar)
+        rows = mined.groups
+    else:
+        rows = load_groups(groups) if isinstance(groups, (str, os.PathLike)) else list(groups)
+        logger.info("training on %d groups given (no mining)", len(rows))
+    if not rows:
+        raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
+    val = validation_run(dataset, index, "validation", top_k=top_k, max_queries=max_eval_queries)
+    samples = samples_from_run(*val, top_k=top_k)
+    if not samples:
+        logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
+    write_jsonl(Path(out_dir) / "train_groups.jsonl", rows)
+    result = train_reranker(base_model, rows, out_dir=out_dir, config=cfg, eval_samples=samples or None,
+                            command=command)
+    if samples and fusion:
+        choice = choose_fusion(out_dir, *val, top_k=top_k, show_progress_bar=show_progress_bar)
+        result = replace(result, fusion_alpha=choice.alpha)
+    return result

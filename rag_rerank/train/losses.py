@@ -1,0 +1,60 @@
+"""Training losses: :class:`GroupSoftmaxLoss`, the listwise loss of the default recipe.
+
+None of sentence-transformers' losses is exactly FlagEmbedding's grouped softmax: ``MultipleNegativesRankingLoss``
+adds in-batch negatives (``num_negatives=0`` crashes in ``torch.multinomial``) and squashes logits through a
+scaled sigmoid; ``ListNetLoss`` softmaxes the *labels*, so a 1/0 group gives a soft target (0.40 on the positive
+for k=4), not a one-hot one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from rag_rerank.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+__all__ = ["GroupSoftmaxLoss"]
+
+
+class GroupSoftmaxLoss(nn.Module):
+    """Grouped softmax cross-entropy: each query's positive must outscore its own k negatives.
+
+    Inputs are the columns ``(query, positive, negative_1, ..., negative_k)``; all ``B * (1 + k)`` pairs go
+    through the model in one forward pass, the logits are reshaped to ``(B, 1 + k)``, divided by
+    ``temperature`` and scored with cross-entropy against index 0. Its value for a model that scores every
+    pair alike is ``log(1 + k)``, the plateau the sanity gate watches for.
+
+    Example:
+        >>> loss = GroupSoftmaxLoss(model)  # doctest: +SKIP
+        >>> loss([["q"], ["gold"], ["other"]], None)  # doctest: +SKIP
+        tensor(0.6931, grad_fn=...)
+    """
+
+    def __init__(self, model: CrossEncoder, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+        if model.num_labels != 1:
+            raise ConfigError(f"GroupSoftmaxLoss needs a model with 1 output label, got {model.num_labels}")
+
+    def forward(
+        self, inputs: list[list[str]], labels: Tensor | None = None, prompt: str | None = None, task: str | None = None
+    ) -> Tensor:
+        from sentence_transformers.util import batch_to_device
+
+        queries, candidates = inputs[0], inputs[1:]
+        if not candidates:
+            raise ConfigError("GroupSoftmaxLoss expects columns (query, positive, negative_1, ...)")
+        pairs = [(q, col[b]) for b, q in enumerate(queries) for col in candidates]
+        features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
+        logits = self.model(features)["scores"].view(len(queries), len(candidates)).float() / self.temperature
+        target = torch.zeros(len(queries), dtype=torch.long, device=logits.device)
+        return nn.functional.cross_entropy(logits, target)
+
+    def get_config_dict(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
