@@ -40,11 +40,13 @@ test-fast: setup
 benchmark-retrieval: setup
 	$(BIN)/python pipelines/bench_retrieval.py
 
+# SQuAD (the headline) and ArguAna (a default run and a run with 10 real queries as style examples)
 benchmark-quality: setup
-	$(BIN)/python pipelines/squad_benchmark.py
+	$(BIN)/python pipelines/quality_benchmark.py --corpus squad
+	$(BIN)/python pipelines/quality_benchmark.py --corpus arguana
 
 # every kept checkpoint of the headline's reranker (and of an earlier run, when kept) on validation + 300 real questions
-ABLATION_MODELS ?= --model headline=runs/squad_benchmark/reranker
+ABLATION_MODELS ?= --model headline=runs/squad_default/default/reranker
 benchmark-ablation: setup
 	$(BIN)/python pipelines/squad_ablation.py $(ABLATION_MODELS)
 

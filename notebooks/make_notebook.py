@@ -23,39 +23,35 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 NOTEBOOK = Path(__file__).resolve().with_name("end_to_end.ipynb")
 
 INTRO = """\
-# rag-rerank end to end: your documents → a fine-tuned reranker → cited answers
+# rag-rerank end to end: your documents → an adapted reranker → cited answers
 
 This notebook adapts a reranker to a folder of documents with **no human labels**, on the embedded, offline
-defaults:
+defaults, with one call: `rag_rerank.adapt`, the same code path as `rag-rerank adapt` and `make demo`.
 
-1. **Synthetic questions.** The embedded SmolLM2 (llama.cpp) writes questions for chunks of `sample_docs/`; the
-   questions are filtered and split *by document* into train / validation / test.
-2. **Index, fine-tune, evaluate.** A hybrid first stage (BM25 + MiniLM/FAISS) retrieves candidates; hard
-   negatives are mined from it; `embedded:minilm-ce` is fine-tuned for a few dozen steps; the synthetic test
-   split (held-out documents) compares the first stage with the reranked order.
-3. **Answer with sources.** The fine-tuned model plugs into a LlamaIndex query engine: hybrid retriever →
-   `RagRerankPostprocessor` → SmolLM2, which answers citing numbered sources.
+1. **Synthetic questions.** The embedded SmolLM2 (llama.cpp) writes questions for chunks of the packaged sample
+   documents; the questions are filtered and split into train / validation / test.
+2. **First stage, fine-tune, fusion, evaluation.** A hybrid first stage (BM25 + MiniLM/FAISS) is tuned on the
+   validation questions; hard negatives are mined from it; `embedded:minilm-ce` is fine-tuned; how much to trust
+   it (the fusion weight) is chosen on validation with a confidence interval; the held-out test split compares
+   the shipped system with the tuned first stage.
+3. **Answer with sources.** The adapted model plugs into a LlamaIndex query engine that serves exactly what was
+   measured: tuned first stage → `RagRerankPostprocessor` (fused as chosen) → SmolLM2, citing numbered sources.
 
-It runs in a few minutes on an idle 2-core CPU. Everything is written under one run folder (default
-`runs/notebook` in the repository, or `$RAG_RERANK_NOTEBOOK_OUT`); a rerun reuses what is there (LLM answers,
-index, model), so delete the folder to start over. The same chain is the `rag-rerank demo` command.
-
-> **Read the numbers as a demo of the mechanics, not of quality.** A short CPU fine-tune of a small cross-encoder
-> on a few dozen questions written by a 135M-parameter LLM, scored on a handful of held-out questions, has
-> confidence intervals wider than any effect. The headline quality benchmark (SQuAD, hundreds of queries,
-> paired confidence intervals) is `make benchmark-quality`."""
+Everything is written under one run folder (default `runs/notebook`, or `$RAG_RERANK_NOTEBOOK_OUT`); a rerun
+resumes it, so delete the folder to start over. The settings below keep the run to minutes on a CPU: read its
+numbers as a demo of the mechanics. With so few questions the verdict is honest about it ("NOT ENOUGH VALIDATION
+DATA"); `rag-rerank demo` sizes a larger run to a time budget, and `make benchmark-quality` measures quality."""
 
 PARAMETERS = """\
-# Settings: small on purpose, so the whole notebook runs in minutes on a CPU.
-MAX_CHUNKS = 12  # chunks to write questions for (a deterministic subset of the documents)
-QUESTIONS_PER_CHUNK = 2
-TRAIN_STEPS = 40  # reranker optimiser steps
-MAX_LENGTH = 160  # tokens per (question, passage) pair during training
+# Sizes only: every other setting comes from the recipe (rag-rerank recipe show default).
+MAX_CHUNKS = 12  # chunks to write questions for (a seeded subset of the documents)
+MAX_STEPS = 8  # reranker training steps at most
+RECIPE = "default"
 SEED = 0
 LLM = "embedded"  # or "openai:MODEL" together with BASE_URL (any OpenAI-compatible server)
 BASE_URL = None
-DOCS = None  # None: the repository's sample_docs/
-OUT = None  # None: $RAG_RERANK_NOTEBOOK_OUT, else runs/notebook in the repository"""
+DOCS = None  # None: the sample documents packaged with rag-rerank
+OUT = None  # None: $RAG_RERANK_NOTEBOOK_OUT, else runs/notebook"""
 
 SETUP = '''\
 import json
@@ -69,57 +65,40 @@ for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-logging.getLogger("rag_rerank").setLevel(logging.INFO)
 
-import rag_rerank  # noqa: E402
+import rag_rerank as rr  # noqa: E402
 import transformers  # noqa: E402
+from rag_rerank.data import SAMPLE_DOCS  # noqa: E402
 
 transformers.logging.set_verbosity_error()  # no weight-loading reports
 transformers.logging.disable_progress_bar()
 
-
-def find_repo() -> Path:
-    """The folder holding sample_docs/: the working directory, one of its parents, or the package's checkout."""
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents, Path(rag_rerank.__file__).resolve().parents[1]):
-        if (folder / "sample_docs").is_dir():
-            return folder
-    raise FileNotFoundError("sample_docs/ not found: open this notebook from the rag-rerank repository, or set DOCS")
-
-
-REPO = find_repo()
-DOCS = Path(DOCS or REPO / "sample_docs")
-OUT = Path(OUT or os.environ.get("RAG_RERANK_NOTEBOOK_OUT") or REPO / "runs" / "notebook")
-OUT.mkdir(parents=True, exist_ok=True)
-dataset_dir, index_dir, model_dir, report_dir = OUT / "dataset", OUT / "index", OUT / "reranker", OUT / "report"
-print(f"rag-rerank {rag_rerank.__version__}\\ndocuments: {DOCS}\\noutputs:   {OUT}")'''
+DOCS = Path(DOCS or SAMPLE_DOCS)
+OUT = Path(OUT or os.environ.get("RAG_RERANK_NOTEBOOK_OUT") or "runs/notebook")
+print(f"rag-rerank {rr.__version__}\\ndocuments: {DOCS}\\noutputs:   {OUT}")'''
 
 STEP1 = """\
-## 1. Synthetic questions from your documents
+## 1. Adapt: one call, resumable
 
-`create_qa_dataset` chunks every document (256 tokens of the reranker's tokenizer), asks the LLM for
-`QUESTIONS_PER_CHUNK` questions per selected chunk, and keeps only questions that pass the filters (a question
-mark, a sensible length, on-topic for their chunk, not a duplicate). Documents, not questions, are split into
-train / validation / test, so the test questions come from documents the reranker never sees in training.
-Every raw LLM answer is checkpointed: a rerun asks nothing it already has."""
+`adapt` prints its plan, runs each stage (a rerun skips the finished ones), and ends with the verdict decided on
+the validation split and the shipped system's result on the held-out test split."""
 
-GENERATE = """\
-from rag_rerank.qa_generation import create_qa_dataset, load_qa_dataset
-
-summary = create_qa_dataset(DOCS, dataset_dir, llm=LLM, base_url=BASE_URL, questions_per_chunk=QUESTIONS_PER_CHUNK,
-                            max_chunks=MAX_CHUNKS, seed=SEED)
-print(f"{summary.n_questions} questions from {summary.n_chunks} chunks of {summary.n_documents} documents; "
-      f"{summary.requests_this_run} LLM requests this run, {len(summary.failed_chunks)} chunk(s) without a question")"""
+ADAPT = """\
+run = rr.adapt(DOCS, OUT, recipe=RECIPE, llm=LLM, base_url=BASE_URL, max_chunks=MAX_CHUNKS, max_steps=MAX_STEPS,
+               seed=SEED, echo=print)
+print(f"\\nshipped system: {run.shipped_system} (alpha {run.alpha:g}); first stage: {run.first_stage}")"""
 
 MANIFEST_MD = """\
+## 2. What the LLM wrote
+
 `manifest.json` records what happened: how many questions were asked for, returned and kept, why the others were
 dropped, and how many landed in each split (plus the LLM, the prompt hash and every setting)."""
 
 MANIFEST = """\
-data = load_qa_dataset(dataset_dir)
+data = rr.load_qa_dataset(run.dataset_dir)
 counts = data.manifest["counts"]
 print(json.dumps({k: counts[k] for k in ("documents", "chunks_total", "chunks_selected", "asked", "returned", "kept",
-                                         "per_split", "documents_per_split", "dropped_by_reason")}, indent=2))"""
+                                         "per_split", "split_unit", "dropped_by_reason")}, indent=2))"""
 
 QUESTIONS = """\
 import pandas as pd
@@ -138,116 +117,59 @@ chunk = data.corpus[data.query_info[qid]["chunk_id"]]
 print(f"Q: {data.queries[qid]}\\n\\n[{chunk['title']}] {chunk['text'][:600]}...")"""
 
 STEP2 = """\
-## 2. Index, fine-tune (short), evaluate
+## 3. The report: shipped system against the tuned first stage
 
-* **Index**: BM25 and `embedded:minilm` embeddings in FAISS over *all* chunks, fused (hybrid). This is the first
-  stage the reranker reorders.
-* **Fine-tune**: for each training question, hard negatives are mined from the hybrid candidates (with guards
-  against passages that also answer it), and `embedded:minilm-ce` is trained with a listwise loss for
-  `TRAIN_STEPS` steps. The validation split is scored before and after; a sanity gate flags a collapsed model.
-* **Evaluate**: on the test split, the hybrid top 20 is reranked and compared with every first stage on the same
-  queries, with bootstrap confidence intervals. Positives are never injected: the hybrid recall@20 is the ceiling
-  the reranker cannot exceed."""
+`report/` holds the test split's comparison: the shipped system first, the RRF hybrid and the tuned first stage
+as baselines, paired bootstrap confidence intervals, and the first stage's recall@20 as the ceiling (positives
+are never injected). `summary.json` says the same in one place."""
 
-INDEX = """\
-from rag_rerank.retrieval import build_index, load_index
-
-index = load_index(index_dir) if (index_dir / "config.json").is_file() else build_index(data.corpus, index_dir)
-print(f"hybrid index over {len(index.corpus)} chunks in {index_dir}")"""
-
-FINETUNE = """\
-from rag_rerank.finetune import finetune
-
-training_json = OUT / "training.json"
-if (model_dir / "config.json").is_file() and training_json.is_file():
-    training = json.loads(training_json.read_text())
-    print(f"reusing {model_dir} (delete it to retrain)")
-else:
-    result = finetune(dataset_dir, model_dir, index_dir=index_dir, max_steps=TRAIN_STEPS, max_length=MAX_LENGTH,
-                      sanity_gate="warn", command="notebooks/end_to_end.ipynb")
-    training = {"verdict": result.verdict, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-                "first_stage": result.first_stage, "eval_before": result.eval_before,
-                "eval_after": result.eval_after, "train_loss": result.train_loss}
-    training_json.write_text(json.dumps(training, indent=2))
-print(training["verdict"])
-
-
-def by_metric(scores: dict) -> dict:
-    return {name.rsplit("_", 1)[-1]: value for name, value in scores.items()}  # "val_base_mrr@10" -> "mrr@10"
-
-
-pd.DataFrame({"hybrid first stage": by_metric(training["first_stage"]),
-              "reranker before": by_metric(training["eval_before"]),
-              "reranker after": by_metric(training["eval_after"])}).round(3).rename_axis("validation split")"""
-
-EVALUATE = """\
+REPORT = """\
 from IPython.display import Image, Markdown, display
 
-from rag_rerank.report import evaluate_systems, markdown_table, write_report
-
-split = "test" if data.qrels["test"] else "validation"  # tiny runs can leave the test split empty
-corpus, queries, qrels = data.split(split)
-report = evaluate_systems(corpus, queries, qrels, index=index, rerankers={"finetuned": model_dir},
-                          n_resamples=2000, seed=SEED)
-paths = write_report(report, report_dir)
-print(f"{report['queries']} {split} questions; ceiling (hybrid recall@20): {report['ceiling']['recall@20']:.3f}; "
-      f"report: {paths['markdown']}")
-display(Markdown(markdown_table(report)))"""
-
-PLOT_MD = """\
-First stage against reranked, from the same report (`metrics.png`; the error bars are 95% bootstrap intervals),
-and where the gold passage ended up in each ranking (`gold_rank_hist.png`)."""
+summary = json.loads(run.summary_path.read_text())
+print(summary["verdict"])
+display(Markdown((run.report_dir / "report.md").read_text().split("![metrics]")[0]))"""
 
 PLOTS = """\
-display(Image(filename=str(paths["metrics_png"])))
-display(Image(filename=str(paths["gold_rank_png"])))"""
-
-CAVEAT = """\
-**How to read this.** `embedded:minilm-ce` is MiniLM's encoder with a new, random scoring head, and here it
-learns from a dozen or two training questions for 40 steps: it memorises them and does not generalise, so expect
-the verdict DID NOT HELP or COLLAPSED and `hybrid+finetuned` *below* the hybrid first stage. The sanity gate is
-set to `warn`, so the notebook carries on and shows every step (the default, `stop`, ends training early and says
-so). With a handful of test questions, one question moves MRR@10 by a large step and the intervals span most of
-the scale. What the run does show is that every piece works on your own documents, offline: questions, splits,
-mining, training with a before/after check, and a report that puts the reranker next to its first stage and its
-ceiling. For a real measure of quality use more chunks (`MAX_CHUNKS = None` asks for all of them, best with a
-faster LLM via `LLM = "openai:..."`), more steps, and the SQuAD benchmark: `make benchmark-quality`."""
+display(Image(filename=str(run.report_dir / "metrics.png")))
+display(Image(filename=str(run.report_dir / "gold_rank_hist.png")))"""
 
 STEP3 = """\
-## 3. Plug the reranker into LlamaIndex
+## 4. Serve it in LlamaIndex
 
-`RagRerankPostprocessor` is a LlamaIndex node postprocessor: put it after any retriever. Here it reorders the
-top 20 hybrid candidates (from `RagRerankHybridRetriever`) for a held-out test question and keeps 3. Scores are
-sigmoid-normalised reranker scores; the hybrid rank shows how far the reranker moved each passage (a reranker from
-this short run can move the wrong ones up, as above)."""
+`RagRerankPostprocessor(model=...)` serves the system that was measured: when the model folder has a
+`fusion.json`, it fuses the reranker's scores with the retrieval scores at the chosen weight (with weight 0 it
+keeps the first stage's order and does not even run the model). `RagRerankHybridRetriever` with the tuned first
+stage gives it the same candidates the evaluation reranked."""
 
 POSTPROCESS = """\
 from rag_rerank.integrations.llamaindex import RagRerankHybridRetriever, RagRerankPostprocessor
 
-qid = sorted(queries)[0]
-question, gold = queries[qid], next(iter(qrels[qid]))
-retriever = RagRerankHybridRetriever(index, similarity_top_k=20)
-postprocessor = RagRerankPostprocessor(model=str(model_dir), top_n=3)
+_, test_queries, test_qrels = data.split("test" if data.qrels["test"] else "validation")
+qid = sorted(test_queries)[0]
+question, gold = test_queries[qid], next(iter(test_qrels[qid]))
+retriever = RagRerankHybridRetriever(run.index_dir, similarity_top_k=20, first_stage=run.first_stage)
+postprocessor = RagRerankPostprocessor(model=str(run.reranker_dir), top_k=3)
 candidates = retriever.retrieve(question)
 reranked = postprocessor.postprocess_nodes(candidates, query_str=question)
-print(f"Q: {question}\\n")
+print(f"Q: {question}  (fusion weight {postprocessor.fusion_alpha})\\n")
 first_ids = [n.node.node_id for n in candidates]
 for n in reranked:
     mark = " <- the passage the question was written from" if n.node.node_id == gold else ""
-    print(f"{n.score:.3f}  (hybrid rank {first_ids.index(n.node.node_id) + 1:>2})  [{n.node.metadata['title']}] "
-          f"{n.node.get_content()[:90]}...{mark}")"""
+    print(f"{n.score:+.3f}  (first-stage rank {first_ids.index(n.node.node_id) + 1:>2})  "
+          f"[{n.node.metadata['title']}] {n.node.get_content()[:80]}...{mark}")"""
 
 ENGINE_MD = """\
-`open_query_engine` builds the whole recipe -- hybrid retriever → fine-tuned reranker → LLM -- and, for the
-embedded LLM, starts llama.cpp's server for the duration of the `with` block (and stops it afterwards, also on
-errors). The answer cites its sources by number; `format_answer` prints the answer and the numbered sources. A
+`open_query_engine` builds the whole recipe -- tuned first stage → adapted reranker → LLM -- and, for the embedded
+LLM, starts llama.cpp's server for the duration of the `with` block (and stops it afterwards, also on errors).
+The answer cites its sources by number; `format_answer` prints the answer and the numbered sources. A
 135M-parameter LLM writes short, sometimes clumsy answers: the point is the retrieval, which you can check
 against the sources."""
 
 ENGINE = """\
 from rag_rerank.integrations.llamaindex import format_answer, open_query_engine
 
-with open_query_engine(index, reranker=str(model_dir), top_n=3, similarity_top_k=20, llm=LLM,
+with open_query_engine(run.index_dir, reranker=str(run.reranker_dir), top_k=3, similarity_top_k=20, llm=LLM,
                        base_url=BASE_URL) as engine:
     response = engine.query(question)
 answer = format_answer(response)
@@ -258,21 +180,18 @@ print("\\nthe gold passage is among the sources:", gold in [n.node.node_id for n
 NEXT = """\
 ## Next
 
-* Your own documents: set `DOCS` (and `OUT`) in the settings cell, or run `rag-rerank demo --docs DIR --out DIR`.
-  The stages are also separate commands: `rag-rerank generate | index | mine | train | evaluate`.
-* Use the model anywhere LlamaIndex takes a node postprocessor:
-  `RagRerankPostprocessor(model="runs/notebook/reranker", top_n=5)`.
-* Measure quality properly: `make benchmark-quality`."""
+* Your own documents: set `DOCS` (and `OUT`), or run `rag-rerank adapt DOCS --out RUN --budget-minutes 60`.
+* A larger, time-boxed run on the samples: `rag-rerank demo` (`make demo`).
+* Measure quality properly: `make benchmark-quality` (SQuAD's real questions)."""
 
 
 def build() -> nbformat.NotebookNode:
     """The notebook, with stable cell ids and no outputs."""
     cells = [
         ("md", INTRO), ("code", PARAMETERS), ("code", SETUP),
-        ("md", STEP1), ("code", GENERATE), ("md", MANIFEST_MD), ("code", MANIFEST), ("code", QUESTIONS),
+        ("md", STEP1), ("code", ADAPT), ("md", MANIFEST_MD), ("code", MANIFEST), ("code", QUESTIONS),
         ("code", ONE_EXAMPLE),
-        ("md", STEP2), ("code", INDEX), ("code", FINETUNE), ("code", EVALUATE), ("md", PLOT_MD), ("code", PLOTS),
-        ("md", CAVEAT),
+        ("md", STEP2), ("code", REPORT), ("code", PLOTS),
         ("md", STEP3), ("code", POSTPROCESS), ("md", ENGINE_MD), ("code", ENGINE),
         ("md", NEXT),
     ]

@@ -1,7 +1,7 @@
 """Average the weights of several checkpoints of one training run into a new model folder (a "checkpoint soup").
 
-    python pipelines/average_checkpoints.py runs/squad_benchmark/reranker/checkpoints/checkpoint-{320,480,640} \
-        --out runs/squad_benchmark/soup-320-480-640
+    python pipelines/average_checkpoints.py runs/squad_default/default/reranker/checkpoints/checkpoint-{320,480,640} \
+        --out runs/squad_default/soup-320-480-640
 
 A thin wrapper over :func:`rag_rerank.train.soup.average_checkpoints` (see there for what is averaged). Evaluate
 the result with ``pipelines/squad_ablation.py`` next to the checkpoint it would replace, and choose on the

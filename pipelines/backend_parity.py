@@ -1,13 +1,13 @@
 """Do the fast CPU backends keep the headline's quality? MRR@10 on the headline's real questions, per backend.
 
-    python pipelines/backend_parity.py                      # after pipelines/squad_benchmark.py
+    python pipelines/backend_parity.py                      # after pipelines/quality_benchmark.py
     python pipelines/backend_parity.py --backends openvino-bf16 openvino-int8 onnx-int8 --with-torch
 
 Issue 8's bar: on the headline benchmark, a fast backend's MRR@10 is within 0.005 of fp32 torch's. This script
-reranks the same 1,000 real SQuAD questions (same seed, same index) with the headline's fine-tuned reranker
-through each backend, alone and fused at the model's saved alpha, and compares with fp32 torch: the torch
-figures come from ``pipelines/results/squad_headline.json`` (checked to be the same questions: the hybrid's
-MRR@10 must match to 1e-9), or are recomputed here with ``--with-torch``.
+reranks the same 1,000 real SQuAD questions (same seed, same index, the same tuned first stage) with the headline's
+fine-tuned reranker through each backend, alone and fused at the model's saved alpha, and compares with fp32 torch:
+the torch figures come from ``pipelines/results/squad_headline.json`` (checked to be the same questions: the
+hybrid's MRR@10 must match to 1e-9), or are recomputed here with ``--with-torch``.
 
 Writes ``pipelines/results/backend_parity.json`` with the command and wall time.
 """
@@ -36,7 +36,7 @@ logger = logging.getLogger("backend_parity")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_benchmark", help="squad_benchmark's folder")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_default", help="quality_benchmark's folder")
     ap.add_argument("--headline", type=Path, default=REPO / "pipelines" / "results" / "squad_headline.json")
     ap.add_argument("--data", type=Path, default=SQUAD)
     ap.add_argument("--backends", nargs="+", default=["openvino-bf16", "openvino-int8"])
@@ -48,29 +48,31 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
     headline = json.loads(args.headline.read_text())
-    model = args.work / "reranker"
-    alpha = load_fusion(model).alpha
-    if alpha != float(headline["fusion"]["alpha"]):
+    model = args.work / "default" / "reranker"
+    fusion = load_fusion(model)
+    alpha = fusion.alpha if fusion.improved else fusion.best_alpha
+    if alpha != float(headline["fusion"]["best_alpha" if not fusion.improved else "alpha"]):
         raise SystemExit(f"{model} is not the headline's model (alpha {alpha} vs {headline['fusion']['alpha']})")
     settings = headline["settings"]
     corpus, queries, qrels = load_beir(args.data)
     backends = (["torch"] if args.with_torch else []) + list(args.backends)
     rerankers = {b: Reranker(str(model), backend=b, cache_size=0) for b in backends}
-    res = evaluate_systems(corpus, queries, qrels, index=load_index(args.work / "index-squad"),
-                           index_dir=args.work / "index-squad", rerankers=rerankers,
-                           alpha=dict.fromkeys(backends, alpha), top_k=settings["top_k"],
-                           metrics=METRICS, sample=settings["eval_queries"], seed=settings["seed"], n_resamples=1000)
+    res = evaluate_systems(corpus, queries, qrels, index=load_index(args.work / "index-real"),
+                           index_dir=args.work / "index-real", rerankers=rerankers,
+                           alpha=dict.fromkeys(backends, alpha), top_k=settings["recipe"]["top_k"],
+                           first_stage_tuned=fusion.first_stage, metrics=METRICS, sample=settings["eval_queries"],
+                           seed=settings["seed"], n_resamples=1000)
     hybrid = res.systems["hybrid"]["mrr@10"]
     if abs(hybrid - headline["systems"]["hybrid"]["mrr@10"]) > 1e-9:
         raise SystemExit(f"hybrid MRR@10 {hybrid} differs from the headline's: not the same questions or index")
-    fused = f"@{alpha:g}"
-    reference = {"alone": headline["systems"]["hybrid+finetuned"],
-                 "fused": headline["systems"][f"hybrid+finetuned{fused}"]}
+    fused, base = f"@{alpha:g}", "first_stage_tuned+"
+    reference = {"alone": headline["systems"][f"{base}reranker"],
+                 "fused": headline["systems"][f"{base}reranker{fused}"]}
     if args.with_torch:
-        reference = {"alone": res.systems["hybrid+torch"], "fused": res.systems[f"hybrid+torch{fused}"]}
+        reference = {"alone": res.systems[f"{base}torch"], "fused": res.systems[f"{base}torch{fused}"]}
     rows = {}
     for b in backends:
-        alone, fus = res.systems[f"hybrid+{b}"], res.systems[f"hybrid+{b}{fused}"]
+        alone, fus = res.systems[f"{base}{b}"], res.systems[f"{base}{b}{fused}"]
         rows[b] = {
             "reranker_alone": alone, "fused": fus,
             "mrr@10_diff_vs_torch": {"alone": alone["mrr@10"] - reference["alone"]["mrr@10"],

@@ -22,7 +22,7 @@ matches), built once into the rag-rerank cache.
 ``rag-rerank train`` writes), else on the BM25 top-16 of 16 SQuAD queries that are not timed.
 
 Run:  .venv/bin/python pipelines/bench_rerank.py            (about 10 minutes on a quiet 2-core CPU)
-      .venv/bin/python pipelines/bench_rerank.py --minilm-model runs/squad_benchmark/reranker --minilm-queries 20
+      .venv/bin/python pipelines/bench_rerank.py --minilm-model runs/squad_default/default/reranker --minilm-queries 20
 """
 
 from __future__ import annotations

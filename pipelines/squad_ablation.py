@@ -1,10 +1,11 @@
 """Ablation of the headline's reranker recipe: every saved checkpoint, on synthetic validation and real questions.
 
-    python pipelines/squad_ablation.py --model linear160=runs/squad_benchmark/ablation/linear160/reranker \\
-        --model const320=runs/squad_benchmark/reranker --real-queries 300
+    python pipelines/squad_ablation.py --model default=runs/squad_default/default/reranker --real-queries 300
 
-Reuses the headline's work folder (``runs/squad_benchmark``: the synthetic dataset, its index and the SQuAD
-index). For each model folder it evaluates each checkpoint in ``MODEL/checkpoints`` (``finetune`` with
+Reuses the headline's work folder (``runs/squad_default``: ``default/dataset``, ``default/index`` and the SQuAD index
+``index-real``, as ``pipelines/quality_benchmark.py`` leaves them). The first stage is the one the first model was
+adapted with (its ``fusion.json``: the tuned first stage), else the index's hybrid. For each model folder it
+evaluates each checkpoint in ``MODEL/checkpoints`` (``finetune`` with
 ``keep_checkpoints=True`` keeps one per evaluation), or the folder itself when it has none:
 
 - **synthetic validation** (the only thing any choice is made on): MRR@10 of the reranker alone over the
@@ -34,7 +35,7 @@ from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.evaluate.result import compare
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import load_beir, read_json, write_json
-from rag_rerank.rerank.fusion import DEFAULT_GRID, choose_alpha
+from rag_rerank.rerank.fusion import DEFAULT_GRID, choose_alpha, load_fusion
 from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.retrieval import load_index
@@ -91,8 +92,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                     help="A fine-tuned reranker folder (repeatable); each checkpoint in DIR/checkpoints is a row.")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_benchmark",
-                    help="The headline's work folder (qa/, qa/index, index-squad).")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_default",
+                    help="The headline's work folder (default/dataset, default/index, index-real).")
     ap.add_argument("--data", type=Path, default=SQUAD, help="SQuAD dev in BEIR format.")
     ap.add_argument("--real-queries", type=int, default=300)
     ap.add_argument("--val-queries", type=int, default=100)
@@ -114,11 +115,14 @@ def main() -> int:
         models.append((name, Path(path)))
     t0 = time.perf_counter()
 
-    dataset = load_qa_dataset(args.work / "qa")
-    val_q, val_qrels, val_corpus, val_run = validation_run(dataset, load_index(args.work / "qa" / "index"),
-                                                           top_k=args.top_k, max_queries=args.val_queries)
+    dataset = load_qa_dataset(args.work / "default" / "dataset")
+    saved = load_fusion(models[0][1])
+    first_stage = dict(saved.first_stage) if saved is not None and saved.first_stage else {}
+    val_q, val_qrels, val_corpus, val_run = validation_run(
+        dataset, load_index(args.work / "default" / "index").with_fusion(**first_stage), top_k=args.top_k,
+        max_queries=args.val_queries)
     corpus, queries, qrels = load_beir(args.data)
-    squad_index = load_index(args.work / "index-squad")
+    squad_index = load_index(args.work / "index-real").with_fusion(**first_stage)
     indexed = set(squad_index.bm25.doc_ids)  # a --quick work folder indexes a slice: its questions only
     covered = {q: d for q, d in qrels.items() if all(doc in indexed for doc, r in d.items() if r > 0)}
     if len(covered) < len(qrels):

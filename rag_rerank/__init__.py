@@ -4,10 +4,11 @@ The public API, imported lazily (``import rag_rerank`` loads neither torch nor t
 
     import rag_rerank as rr
 
-    rr.create_qa_dataset("docs/", "data/qa", max_chunks=50)            # synthetic questions, resumable
-    index = rr.build_index("data/qa", "idx/qa")                         # BM25 + bi-encoder hybrid
-    result = rr.finetune("data/qa", "models/reranker", index_dir="idx/qa")
-    print(rr.Reranker("models/reranker").rank("my question", ["passage one", "passage two"]))
+    run = rr.adapt("docs/", "runs/mydocs")          # questions, index, tuned first stage, fine-tune, fusion, report
+    print(run.verdict)                              # IMPROVED / DID NOT HELP, decided on validation with a CI
+    print(rr.Reranker(run.reranker_dir).rank("my question", ["passage one", "passage two"]))
+
+The stages are also separate calls: ``create_qa_dataset``, ``build_index``, ``finetune``, ``evaluate_systems``.
 
 Stages live in packages: ``generate``, ``retrieval``, ``train``, ``rerank``, ``evaluate`` and
 ``integrations.llamaindex`` (the postprocessor, retriever and query engine).
@@ -18,6 +19,8 @@ from rag_rerank._lazy import attach
 __version__ = "0.2.0"
 
 __getattr__, __dir__, _names = attach(__name__, {
+    "rag_rerank.adapt.pipeline": ("adapt",),
+    "rag_rerank.train.recipes": ("Recipe", "get_recipe"),
     "rag_rerank.errors": ("ConfigError", "DataError", "LLMError", "ModelUnavailableError", "RagRerankError"),
     "rag_rerank.evaluate.compare": ("evaluate_systems",),
     "rag_rerank.evaluate.result": ("EvaluationResult",),

@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Rerankers default to backend="auto" (measure every installed backend once per model and machine). The suite
+# builds many tiny models, so it uses torch unless a test asks for "auto" (tests/test_backend_auto.py).
+os.environ.setdefault("RAG_RERANK_BACKEND", "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared"))

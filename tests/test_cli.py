@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from rag_rerank.cli import main
 
-STAGES = ("generate", "index", "retrieve", "mine", "train", "evaluate", "demo", "models")
+STAGES = ("adapt", "generate", "index", "retrieve", "mine", "train", "evaluate", "demo", "models", "recipe")
 
 
 def test_help_lists_every_stage():
@@ -76,3 +76,45 @@ def test_version_is_the_package_version():
     result = CliRunner().invoke(main, ["--version"])
     assert rag_rerank.__version__ == importlib.metadata.version("rag-rerank")  # one version, in the installed metadata
     assert result.exit_code == 0 and result.output.strip() == f"rag-rerank, version {rag_rerank.__version__}"
+
+
+def test_user_errors_are_one_line_but_a_bug_keeps_its_traceback():
+    import click
+
+    from rag_rerank.cli import _Group
+    from rag_rerank.errors import ConfigError
+
+    group = _Group("g")
+
+    @group.command("user")
+    def user() -> None:
+        raise ConfigError("alpha=7 must be in [0, 1]")
+
+    @group.command("bug")
+    def bug() -> None:
+        raise ValueError("operands could not be broadcast together")  # what numpy raises on a real bug
+
+    @group.command("path")
+    def path() -> None:
+        raise FileNotFoundError(2, "No such file or directory", "docs/missing.md")
+
+    out = CliRunner().invoke(group, ["user"])
+    assert out.exit_code == 1 and out.output == "Error: alpha=7 must be in [0, 1]\n"
+    assert CliRunner().invoke(group, ["path"]).output.startswith("Error: [Errno 2]")
+    crashed = CliRunner().invoke(group, ["bug"])
+    assert isinstance(crashed.exception, ValueError) and not isinstance(crashed.exception, click.ClickException)
+
+
+def test_train_for_the_bi_encoder_refuses_reranker_only_options(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "m"), "--target",
+                                       "bi-encoder", "--loss", "bce", "--max-length", "128"])
+    assert result.exit_code != 0
+    assert "--loss, --max-length only apply to --target reranker" in result.output, result.output
+
+
+def test_demo_defaults_to_the_sample_documents_inside_the_package():
+    from rag_rerank.cli.demo import demo_cmd
+    from rag_rerank.data import SAMPLE_DOCS
+
+    docs = next(p for p in demo_cmd.params if p.name == "docs").default
+    assert docs == SAMPLE_DOCS and (docs / "Geology.md").is_file() and "rag_rerank" in docs.parts

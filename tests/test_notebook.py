@@ -67,7 +67,7 @@ def test_notebook_runs_end_to_end_offline(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     before = sorted(p.name for p in NOTEBOOKS.iterdir())
-    # Started in notebooks/, as Jupyter would: the notebook finds sample_docs/ in notebooks/.. by itself.
+    # Started in notebooks/, as Jupyter would: the sample documents come from the installed package.
     nb = execute(nbformat.read(NOTEBOOK, as_version=4), cwd=NOTEBOOKS)
 
     assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before, "the notebook wrote into notebooks/"
@@ -75,8 +75,9 @@ def test_notebook_runs_end_to_end_offline(tmp_path: Path, monkeypatch: pytest.Mo
     assert manifest["counts"]["kept"] > 0 and manifest["counts"]["per_split"]["train"] > 0
     assert (out / "reranker" / "config.json").is_file()
     report = json.loads((out / "report" / "report.json").read_text())
-    assert {"bm25", "dense", "hybrid", "hybrid+finetuned"} <= set(report["systems"])
-    assert report["queries"] > 0
+    assert {"bm25", "dense", "hybrid", "first_stage_tuned", "first_stage_tuned+reranker"} <= set(report["systems"])
+    assert report["queries"] > 0 and report["shipped_system"] in report["systems"]
+    assert json.loads((out / "summary.json").read_text())["verdict"] in _text_outputs(nb)
     for png in ("metrics.png", "gold_rank_hist.png"):
         assert (out / "report" / png).stat().st_size > 0
     answer = (out / "answer.md").read_text(encoding="utf-8")

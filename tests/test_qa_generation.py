@@ -20,7 +20,8 @@ from rag_rerank.generate.dataset import create_qa_dataset
 from rag_rerank.generate.llm import LLMClient, LLMSettings
 from rag_rerank.generate.prompts import FEW_SHOT, build_messages
 from rag_rerank.generate.questions import filter_questions, normalize_question, parse_questions, question_problem
-from rag_rerank.generate.store import CHECKPOINT, load_qa_dataset, read_checkpoint, split_documents
+from rag_rerank.generate.store import CHECKPOINT, assign_splits, load_qa_dataset, read_checkpoint
+from rag_rerank.types import Chunk
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_stub_server import Action, StubOpenAIServer  # noqa: E402
@@ -97,16 +98,34 @@ def test_filter_dedupes_near_and_across_and_limits() -> None:
     assert normalize_question("What share of the Amazon basin is rainforest?") in seen
 
 
-def test_split_documents_deterministic_disjoint_train_never_empty() -> None:
-    for n in (1, 2, 3, 5):
-        split = split_documents([f"d{i}" for i in range(n)], (0.8, 0.1, 0.1), seed=0)
-        assert "train" in split.values() and len(split) == n
-    docs = [f"d{i}" for i in range(40)]
-    a, b = split_documents(docs, (0.8, 0.1, 0.1), 0), split_documents(list(reversed(docs)), (0.8, 0.1, 0.1), 0)
-    assert a == b
-    assert sorted(list(a.values()).count(s) for s in ("train", "validation", "test")) == [4, 4, 32]
-    assert split_documents(docs, (0.8, 0.1, 0.1), 1) != a
-    assert list(split_documents(["x", "y"], (0.0001, 0.5, 0.5), 0).values()).count("train") == 1
+def _chunks(n_docs: int, per_doc: int) -> list[Chunk]:
+    return [Chunk(id=f"c{d}-{p}", text="t", doc_id=f"d{d}", source=f"d{d}.txt", position=p)
+            for d in range(n_docs) for p in range(per_doc)]
+
+
+def test_splits_are_sized_by_questions_deterministic_and_train_is_never_empty() -> None:
+    for n_docs in (1, 2, 3, 5):  # tiny corpora: blocks of neighbouring chunks, train always gets one
+        chunks = _chunks(n_docs, 2)
+        split, unit = assign_splits(chunks, {c.id: 2 for c in chunks}, (0.8, 0.1, 0.1), seed=0)
+        assert unit == "chunk-block" and "train" in split.values() and len(split) == len(chunks)
+    # 12 documents of 40 chunks, 2 questions each (960): blocks, and validation/test get 96 questions each
+    chunks = _chunks(12, 40)
+    q = {c.id: 2 for c in chunks}
+    split, unit = assign_splits(chunks, q, (0.8, 0.1, 0.1), seed=0)
+    counts = {s: sum(q[c] for c in split if split[c] == s) for s in ("train", "validation", "test")}
+    assert unit == "chunk-block" and 96 <= counts["validation"] < 96 + 8 and 96 <= counts["test"] < 96 + 8
+    for c in chunks:  # a block of 4 neighbouring chunks is never cut across splits
+        assert split[c.id] == split[chunks[chunks.index(c) - c.position % 4].id]
+    # the same corpus and seed give the same splits, whatever the order; another seed gives others
+    again, _ = assign_splits(list(reversed(chunks)), q, (0.8, 0.1, 0.1), seed=0)
+    assert again == split and assign_splits(chunks, q, (0.8, 0.1, 0.1), seed=1)[0] != split
+    # 300 questions from 30 documents: split by document, at least 50 each for validation and test
+    chunks = _chunks(30, 5)
+    q = {c.id: 2 for c in chunks}
+    split, unit = assign_splits(chunks, q, (0.8, 0.1, 0.1), seed=0)
+    counts = {s: sum(q[c] for c in split if split[c] == s) for s in ("validation", "test")}
+    assert unit == "document" and all(50 <= v <= 60 for v in counts.values())
+    assert all(len({split[c.id] for c in chunks if c.doc_id == d}) == 1 for d in {c.doc_id for c in chunks})
 
 
 def test_document_text_cannot_change_the_chat_structure() -> None:
@@ -365,3 +384,12 @@ def test_embedded_llm_two_sample_docs_reproducible(tmp_path: Path, minilm_dir: P
 
 def _qid(ds, question: str) -> str:
     return next(k for k, v in ds.queries.items() if v == question)
+
+
+def test_chunks_answered_without_a_question_do_not_count_as_an_outage(docs, tmp_path, minilm_dir) -> None:
+    # every answer is prose with no question: each chunk fails, but the server is up, so nothing is aborted
+    with StubOpenAIServer(responder=lambda messages: "The passage is about rocks and plague.") as srv:
+        s = _gen(docs, tmp_path / "out", _client(srv), minilm_dir, abort_after_failures=2)
+    reasons = [why for _, why in s.failed_chunks]
+    assert len(reasons) == s.n_chunks > 2 and all(r.startswith("no usable question") for r in reasons)
+    assert srv.n_requests == 2 * s.n_chunks  # every chunk was asked (two rounds each), none skipped as an outage

@@ -237,7 +237,7 @@ def test_cli_evaluate_backend_reaches_the_reranker(beir_dir: Path, index_dir: Pa
     from rag_rerank.rerank.backends import BACKENDS
 
     choices = next(p for p in evaluate_cmd.params if p.name == "backend").type.choices
-    assert tuple(choices) == BACKENDS  # the CLI lists exactly the Reranker's backends
+    assert tuple(choices) == ("auto", *BACKENDS)  # the CLI lists exactly the Reranker's backends
     model = str(private_copy(Path(sharp_reranker.config.model), tmp_path / "m"))  # the export writes beside it
     runs = {}
     for backend in ("torch", "onnx"):

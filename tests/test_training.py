@@ -44,6 +44,7 @@ def eval_samples(groups: list[dict]) -> list[dict]:
 
 FAST = dict(batch_size=8, max_length=32, learning_rate=3e-3, head_learning_rate=1e-2, eval_steps=10,
             show_progress_bar=False, seed=0)
+FAST_NO_HEAD = {k: v for k, v in FAST.items() if k != "head_learning_rate"}
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +284,54 @@ def test_real_minilm_ce_listwise_moves_above_base_rate(squad_beir: Path, tmp_pat
     random_mrr = sum(1 / r for r in range(1, 7)) / 6
     assert res.eval_after["val_mrr@10"] > random_mrr + 0.15, (res.eval_after, res.train_loss)
     assert np.mean([v for _, v in res.train_loss[-5:]]) < math.log(5) - 0.2
+
+
+def test_group_columns_keep_teacher_scores_aligned_with_the_sampled_negatives() -> None:
+    from rag_rerank.train.reranker_trainer import _group_columns
+
+    rows = [{"query": f"q{i}", "positive": "p" * (i + 1), "negatives": ["n" * (10 + j) for j in range(6)]}
+            for i in range(20)]
+    for r in rows:  # a teacher whose score is the text's length, so alignment can be checked
+        r["teacher"] = [len(r["positive"])] + [len(n) for n in r["negatives"]]
+    cols, dropped = _group_columns(rows, group_size=4, seed=3, teacher=True)
+    assert dropped == 0 and len(cols["label"]) == 20
+    for b in range(20):
+        texts = [cols["positive"][b]] + [cols[f"negative_{j}"][b] for j in (1, 2, 3)]
+        assert cols["label"][b] == [float(len(t)) for t in texts]
+    plain, _ = _group_columns(rows, group_size=4, seed=3)
+    assert {k: v for k, v in cols.items() if k != "label"} == plain  # the same sample with or without a teacher
+
+
+def test_warm_start_distils_the_teacher_before_the_listwise_stage(tiny_cross_encoder_dir: Path, tmp_path: Path):
+    rows = synthetic_groups(48, 3)
+    for r in rows:  # teacher: word overlap with the query, the kind of signal a bi-encoder gives
+        q = set(r["query"].split())
+        r["teacher"] = [len(q & set(t.split())) / 3 for t in [r["positive"], *r["negatives"]]]
+    cfg = RerankerTrainingConfig(max_steps=2, train_group_size=5, sanity_gate="off", warm_start_steps=30,
+                                 warm_start_max_length=24, **FAST)
+    res = train_reranker(str(tiny_cross_encoder_dir), rows, out_dir=tmp_path / "m", config=cfg)
+    warm = res.data_summary["warm_start"]
+    assert warm["steps"] == 30 and warm["max_length"] == 24
+    losses = [v for _, v in warm["loss"]]
+    assert losses[-1] < 0.5 * losses[0]  # the margins were learned
+    assert res.steps == 2  # then the listwise stage ran its own steps
+    # groups without teacher scores: the warm start is skipped, with a warning, and training goes on
+    plain = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(16, 4), out_dir=tmp_path / "n", config=cfg)
+    assert plain.data_summary["warm_start"] is None and plain.steps == 2
+
+
+def test_head_learning_rate_auto_follows_the_base_whatever_config_is_passed(tiny_cross_encoder_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    from transformers import BertModel
+
+    from rag_rerank.train.config import NEW_HEAD_LEARNING_RATE, resolve_head_learning_rate
+
+    encoder = tmp_path / "encoder"  # a plain encoder: no classifier weights, so a new head
+    BertModel.from_pretrained(str(tiny_cross_encoder_dir)).save_pretrained(encoder)
+    assert resolve_head_learning_rate("auto", str(tiny_cross_encoder_dir)) is None  # trained classifier present
+    assert resolve_head_learning_rate("auto", str(encoder)) == NEW_HEAD_LEARNING_RATE
+    assert resolve_head_learning_rate(3e-4, str(tiny_cross_encoder_dir)) == 3e-4
+    # a whole config passed in still gets the detection (it used to skip it)
+    cfg = RerankerTrainingConfig(max_steps=1, train_group_size=3, sanity_gate="off", **FAST_NO_HEAD)
+    res = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(8, 1), out_dir=tmp_path / "m", config=cfg)
+    assert '"head_learning_rate": null' in (res.out_dir / "README.md").read_text()

@@ -78,9 +78,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from rag_rerank.cli import demo, evaluate, generate, models, retrieval, training
+    from rag_rerank.cli import adapt, demo, evaluate, generate, models, retrieval, training
 
-    for module in (generate, retrieval, training, evaluate, demo, models):
+    for module in (adapt, generate, retrieval, training, evaluate, demo, models):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

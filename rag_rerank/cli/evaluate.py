@@ -105,8 +105,9 @@ def _shipped(models: tuple[str, ...], names: list[str], alpha: float | str | Non
               help="Bootstrap / randomisation resamples.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Reranker batch size.")
 @click.option("--device", default=None, help="Torch device for the reranker(s).")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(list(BACKENDS)),
-              help="Reranker inference backend (the exported ones run on CPU; see rag_rerank.rerank.backends).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS]),
+              help="Reranker inference backend: auto (the fastest at ranking parity on this machine, measured once "
+                   "per model) or a fixed one (the exported ones run on CPU; see rag_rerank.rerank.backends).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Report folder: report.md, report.json, metrics.png, gold_rank_hist.png.")
 def evaluate_cmd(

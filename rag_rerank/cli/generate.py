@@ -26,7 +26,8 @@ EXIT_PARTIAL = 3
 @click.option("--concurrency", default=None, type=click.IntRange(1, 256),
               help="Requests in flight [default: 1 for embedded (reproducible), 8 for remote].")
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="User-message template with {chunk} (and optionally {n}, {title}).")
+              help="User-message template with {chunk} (and optionally {n}, {title}, and {examples} with "
+                   "--query-examples).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Sampling seed sent with every request; also seeds the chunk subset and the splits.")
 @click.option("--chunk-tokens", default=256, show_default=True, type=click.IntRange(8, 8192),
@@ -43,12 +44,15 @@ EXIT_PARTIAL = 3
 @click.option("--retry-failed/--keep-failed", default=True, show_default=True,
               help="On a rerun, ask again for chunks that got no usable question (--keep-failed leaves a finished "
                    "dataset as it is; request errors are always retried).")
+@click.option("--query-examples", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="5-50 example queries of the kind your system receives (.txt, one a line, or .jsonl): write "
+                   "queries in their style (claims, keywords, arguments) instead of WH-questions.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when 10+ chunks].")
 def generate_cmd(
     docs_dir: Path, out_dir: Path, llm: str, base_url: str | None, questions_per_chunk: int,
     concurrency: int | None, prompt_file: Path | None, seed: int, chunk_tokens: int, chunk_overlap: int,
     tokenizer: str, max_chunks: int | None, request_timeout: float, max_retries: int, retry_failed: bool,
-    progress: bool | None,
+    query_examples: Path | None, progress: bool | None,
 ) -> None:
     """Create a synthetic QA dataset from DOCS_DIR (.txt, .md, .html, .pdf) into OUT.
 
@@ -64,7 +68,7 @@ def generate_cmd(
         docs_dir, out_dir, llm=llm, base_url=base_url, questions_per_chunk=questions_per_chunk,
         concurrency=concurrency, prompt=prompt, seed=seed, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
         tokenizer=tokenizer, max_chunks=max_chunks, request_timeout=request_timeout, max_retries=max_retries,
-        show_progress_bar=progress, retry_failed=retry_failed,
+        show_progress_bar=progress, retry_failed=retry_failed, query_examples=query_examples,
     )
     c = s.counts
     if s.no_op:

@@ -22,6 +22,7 @@ from rag_rerank.errors import ConfigError, DataError
 from rag_rerank.evaluate.metrics import evaluate, gold_ranks, parse_metric, per_query, rank_histogram
 from rag_rerank.evaluate.result import EvaluationResult, compare
 from rag_rerank.evaluate.significance import paired_bootstrap
+from rag_rerank.rerank.fusion import TUNED
 from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.types import Corpus, Qrels, Queries, Run
 
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["REPORT_METRICS", "TUNED", "check_index_covers", "evaluate_systems", "sample_query_ids"]
 
 REPORT_METRICS: tuple[str, ...] = ("mrr@10", "ndcg@10", "recall@10", "recall@100", "hit@1")
-TUNED = "first_stage_tuned"
 
 
 def sample_query_ids(qrels: Qrels, queries: Queries, sample: int | None, seed: int) -> list[str]:
@@ -84,7 +84,7 @@ def check_index_covers(index: HybridRetriever, qrels: Qrels, where: str = "the i
 
 
 def _load_reranker(model: str | os.PathLike | Reranker, batch_size: int, device: str | None,
-                   backend: str) -> tuple[Any, str]:
+                   backend: str | None) -> tuple[Any, str]:
     """A loaded reranker (anything with ``.predict(pairs)``) and its model id for the report."""
     if hasattr(model, "predict"):
         config = getattr(model, "config", None)
@@ -139,7 +139,7 @@ def evaluate_systems(
     shipped_system: str | None = None,
     batch_size: int = 32,
     device: str | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     show_progress_bar: bool | None = None,
 ) -> EvaluationResult:
     """Compare bm25, dense, hybrid (and the tuned first stage) with each reranker on the same (sampled) queries.
@@ -164,8 +164,9 @@ def evaluate_systems(
         exclude_self: drop a document whose id is the query's id from every first-stage run before anything
             else (BEIR's ``ignore_identical_ids``, for corpora such as ArguAna whose queries are corpus documents).
         shipped_system: the system a user gets; it is listed first and named in the report.
-        batch_size, device, backend: reranker settings for models given by name (``backend``: see
-            :class:`rag_rerank.rerank.Reranker`; a ``Reranker`` passed in keeps its own).
+        batch_size, device, backend: reranker settings for models given by name (``backend``: ``None`` is the
+            Reranker's default, ``auto``; see :class:`rag_rerank.rerank.Reranker`; a ``Reranker`` passed in keeps
+            its own).
         show_progress_bar: tqdm bars (``None``: for large jobs).
 
     Returns:
@@ -238,7 +239,9 @@ def evaluate_systems(
     if shipped_system is not None:  # the shipped system's row comes first
         runs = {shipped_system: runs[shipped_system], **{n: r for n, r in runs.items() if n != shipped_system}}
     baselines = ["hybrid", TUNED] if first_stage_tuned else ["hybrid"]
-    result = compare(runs, sub_qrels, baseline=baselines, metrics=metrics, n_resamples=n_resamples, seed=seed)
+    shipped_pairs = [(shipped_system, b) for b in baselines] if shipped_system else []
+    result = compare(runs, sub_qrels, baseline=baselines, metrics=metrics, n_resamples=n_resamples, seed=seed,
+                     pairs=shipped_pairs)
     result.shipped_system = shipped_system
     result.systems_ci95 = {name: {m: _mean_ci(per_query(run, sub_qrels, m), n_resamples, seed) for m in metrics}
                            for name, run in runs.items()}

@@ -121,6 +121,7 @@ def compare(
     metrics: Iterable[str | Metric] = DEFAULT_METRICS,
     n_resamples: int = 10000,
     seed: int = 0,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> EvaluationResult:
     """Score several systems on the same queries, with paired deltas against one or more baselines.
 
@@ -130,6 +131,8 @@ def compare(
         baseline: the system (or systems) every delta is measured against; a baseline is not compared with
             itself, nor with the baselines listed before it.
         metrics, n_resamples, seed: what to score and the paired tests' settings.
+        pairs: extra ``(system, baseline)`` deltas to compute (e.g. a shipped system that *is* a baseline, against
+            itself: a delta of exactly 0 with a CI of [0, 0], stated rather than left out).
 
     Example:
         >>> qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
@@ -151,15 +154,14 @@ def compare(
     }
     n_queries = len(scores[baselines[0]][names[0]]) if names else 0
     delta: dict[str, dict[str, Delta]] = {}
-    for i, base in enumerate(baselines):
-        for name in runs:
-            if name in baselines[: i + 1] or n_queries == 0:
-                continue
-            entry = {}
-            for m in names:
-                bs = paired_bootstrap(scores[name][m], scores[base][m], n_resamples, seed)
-                rt = paired_randomization(scores[name][m], scores[base][m], n_resamples, seed)
-                entry[m] = Delta(bs.mean_delta, (bs.ci95_lo, bs.ci95_hi), bs.p_value, rt.p_value)
-            delta[delta_key(name, base)] = entry
+    todo = [(name, base) for i, base in enumerate(baselines) for name in runs if name not in baselines[: i + 1]]
+    todo += [p for p in pairs if p not in todo]
+    for name, base in todo if n_queries else ():
+        entry = {}
+        for m in names:
+            bs = paired_bootstrap(scores[name][m], scores[base][m], n_resamples, seed)
+            rt = paired_randomization(scores[name][m], scores[base][m], n_resamples, seed)
+            entry[m] = Delta(bs.mean_delta, (bs.ci95_lo, bs.ci95_hi), bs.p_value, rt.p_value)
+        delta[delta_key(name, base)] = entry
     return EvaluationResult(queries=n_queries, baselines=baselines, metrics=names, n_resamples=n_resamples,
                             seed=seed, systems=systems, delta=delta)

@@ -5,6 +5,7 @@ in its own process so the parent can always stop it (SIGTERM) and so a crash in 
 take the caller down. It exits by itself when its parent dies.
 
 Usage: python -m rag_rerank.generate._llama_server --model PATH --port N [--ctx N] [--parallel N] [--threads N]
+       [--poll 0-100] [--cache-ram-mib N]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--poll", type=int, default=50)
+    ap.add_argument("--cache-ram-mib", type=int, default=-1)
     ap.add_argument("--alias", default="embedded")
     args = ap.parse_args()
 
@@ -40,9 +43,10 @@ def main() -> int:
     threads = args.threads or max(1, os.cpu_count() or 1)
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
-    poll = int(os.environ.get("RAG_RERANK_LLM_POLL", "50"))
-    params.cpuparams.poll = poll
-    params.cpuparams_batch.poll = poll
+    params.cpuparams.poll = args.poll  # 0: worker threads sleep instead of spinning between jobs
+    params.cpuparams_batch.poll = args.poll
+    if args.cache_ram_mib >= 0:  # llama.cpp keeps prompt states in host RAM (8 GiB by default)
+        params.cache_ram_mib = args.cache_ram_mib
     server = xllamacpp.Server(params)  # noqa: F841  (serves on background threads while referenced)
 
     stop = threading.Event()

@@ -32,17 +32,27 @@ from rag_rerank.errors import ConfigError, LLMError
 from rag_rerank.generate.chunking import DEFAULT_TOKENIZER, chunk_documents
 from rag_rerank.generate.documents import load_documents
 from rag_rerank.generate.llm import LLMClient, open_llm, parse_llm_spec
-from rag_rerank.generate.prompts import FEW_SHOT, QUESTION_PROMPT, SYSTEM_PROMPT, build_messages, check_prompt
+from rag_rerank.generate.prompts import (
+    FEW_SHOT,
+    QUESTION_PROMPT,
+    STYLE_PROMPT,
+    STYLE_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    build_messages,
+    check_prompt,
+)
 from rag_rerank.generate.questions import FilterConfig, filter_questions, parse_questions
 from rag_rerank.generate.store import (
     CHECKPOINT,
     MANIFEST,
     NO_QUESTION,
+    SPLIT_POLICY,
     QADatasetSummary,
     append_record,
     read_checkpoint,
     write_outputs,
 )
+from rag_rerank.generate.style import QueryStyle, load_query_examples
 from rag_rerank.io import read_json, run_lock
 from rag_rerank.types import Chunk, content_id
 
@@ -59,11 +69,22 @@ def select_chunks(chunks: Sequence[Chunk], max_chunks: int | None, seed: int) ->
     return [c for c in chunks if c.id in chosen]
 
 
+def resolve_style(query_examples: QueryStyle | str | os.PathLike | Sequence[str] | None) -> QueryStyle | None:
+    """A :class:`QueryStyle` from a file path, a list of example queries, or one as it is (``None`` stays None)."""
+    if query_examples is None or isinstance(query_examples, QueryStyle):
+        return query_examples
+    if isinstance(query_examples, (str, os.PathLike)):
+        return load_query_examples(query_examples)
+    return QueryStyle(tuple(" ".join(str(q).split()) for q in query_examples if str(q).strip()))
+
+
 def _ask(
-    llm: LLMClient, chunk: Chunk, n: int, prompt: str, seed: int, rounds: int, sampling: dict[str, Any]
+    llm: LLMClient, chunk: Chunk, n: int, prompt: dict[str, Any], seed: int, rounds: int, sampling: dict[str, Any],
+    filter_config: FilterConfig,
 ) -> dict[str, Any]:
     """Ask for one chunk's questions; re-ask (next seed) when an answer has no usable question."""
-    msgs = build_messages(chunk.text, n, title=chunk.title, prompt=prompt)
+    msgs = build_messages(chunk.text, n, title=chunk.title, **prompt)
+    by_line = not filter_config.require_question
     rec: dict[str, Any] = {"chunk_id": chunk.id, "texts": [], "prompt_tokens": 0, "completion_tokens": 0,
                            "attempts": 0}
     t0 = time.perf_counter()
@@ -77,7 +98,7 @@ def _ask(
         rec["prompt_tokens"] += c.prompt_tokens
         rec["completion_tokens"] += c.completion_tokens
         rec["attempts"] += c.attempts
-        if filter_questions(parse_questions(c.text), chunk.text, limit=n)[0]:
+        if filter_questions(parse_questions(c.text, by_line=by_line), chunk.text, limit=n, config=filter_config)[0]:
             rec.update(status="ok")
             break
     else:
@@ -124,6 +145,7 @@ def create_qa_dataset(
     filter_config: FilterConfig | None = None,
     show_progress_bar: bool | None = None,
     retry_failed: bool = True,
+    query_examples: QueryStyle | str | os.PathLike | Sequence[str] | None = None,
 ) -> QADatasetSummary:
     """Create a synthetic QA dataset from a folder of documents, resumably.
 
@@ -134,23 +156,28 @@ def create_qa_dataset(
         base_url: OpenAI-compatible endpoint for ``openai:MODEL``.
         questions_per_chunk: questions asked for (and kept at most) per chunk.
         concurrency: requests in flight; default 1 for the embedded LLM (reproducible), 8 otherwise.
-        prompt: user-message template with ``{chunk}`` and optionally ``{n}``, ``{title}``
-            (default :data:`QUESTION_PROMPT`).
+        prompt: user-message template with ``{chunk}`` and optionally ``{n}``, ``{title}`` and, with query
+            examples, ``{examples}`` (default :data:`QUESTION_PROMPT`, or :data:`STYLE_PROMPT` with examples).
         seed: sampling seed sent with every request; also seeds the subset and the split.
         chunk_tokens / chunk_overlap / tokenizer: chunking (tokens of the reranker's tokenizer).
         max_chunks: ask for a deterministic subset of this many chunks (demos, CI).
-        split_ratios: train/validation/test shares of the *documents*.
+        split_ratios: train/validation/test shares of the *questions* (validation and test get at least 50 each
+            when the data allows); split by document, or by blocks of neighbouring chunks for a small corpus
+            (:func:`rag_rerank.generate.store.assign_splits`; ``manifest.json`` says which).
         temperature / max_tokens / request_timeout / max_retries: LLM request settings; the low default
             temperature kept the most questions with SmolLM2 (see the README); ``max_tokens`` defaults
-            to ``40 * questions_per_chunk + 40`` (stops runaway repetition).
+            to ``40 * questions_per_chunk + 40`` (stops runaway repetition), more with long example queries.
         rounds: answers asked per chunk at most, when an answer has no usable question.
-        abort_after_failures: stop asking after this many chunks fail in a row (server down); the
-            rest are listed as failed and retried by the next run.
+        abort_after_failures: stop asking after this many requests fail in a row (server down; a chunk answered
+            without a usable question does not count); the rest are listed as failed and retried by the next run.
         filter_config: question filter bounds.
         show_progress_bar: tqdm bar; ``None`` shows it when there are 10+ chunks to ask.
         retry_failed: ask again for chunks that got no usable question in an earlier run (default).
             ``False`` keeps those as they are and asks only chunks never answered (request errors, aborted
             runs), so a finished dataset stays exactly as it is for the pipelines that trained on it.
+        query_examples: 5-50 queries of the kind the user's system receives (a ``.txt``/``.jsonl`` file, a list,
+            or a :class:`QueryStyle`): the LLM writes queries in their style and the filters judge by style, not
+            WH-words (:mod:`rag_rerank.generate.style`). ``None``: questions, as before.
 
     Returns:
         A :class:`QADatasetSummary`; ``failed_chunks`` lists chunks with no usable question.
@@ -165,29 +192,39 @@ def create_qa_dataset(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    prompt = prompt or QUESTION_PROMPT
-    check_prompt(prompt)
+    style = resolve_style(query_examples)
+    prompt = prompt or (STYLE_PROMPT if style else QUESTION_PROMPT)
+    check_prompt(prompt, style=style is not None)
     if questions_per_chunk < 1:
         raise ConfigError(f"questions_per_chunk={questions_per_chunk} must be >= 1")
     if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
         raise ConfigError(f"split_ratios={split_ratios} must be 3 non-negative shares with train > 0")
     out = Path(out_dir)
-    max_tokens = max_tokens or 40 * questions_per_chunk + 40
+    max_tokens = max_tokens or (style.max_tokens(questions_per_chunk) if style else 40 * questions_per_chunk + 40)
+    if style:
+        filter_config = style.filter_config(filter_config)
+    filter_config = filter_config or FilterConfig()
+    system, few_shot = (STYLE_SYSTEM_PROMPT, ()) if style else (SYSTEM_PROMPT, FEW_SHOT)
+    prompt_parts = {"prompt": prompt, "system": system, "few_shot": few_shot,
+                    "examples": style.prompt_examples() if style else ()}
     if isinstance(llm, LLMClient):
         spec, model, url = "client", llm.settings.model, llm.settings.base_url
     else:
         kind, model = parse_llm_spec(llm)
         spec, url = llm, base_url if kind == "openai" else None
     concurrency = concurrency or (1 if spec != "client" and parse_llm_spec(spec)[0] == "embedded" else 8)
-    prompt_hash = content_id(SYSTEM_PROMPT, prompt, repr(FEW_SHOT), length=16)
+    prompt_hash = content_id(system, prompt, repr(few_shot), *prompt_parts["examples"], length=16)
     gen_key = content_id(model, prompt_hash, str(questions_per_chunk), str(seed), str(temperature),
                          str(max_tokens), str(rounds), length=16)
     settings = {
         "questions_per_chunk": questions_per_chunk, "seed": seed, "chunk_tokens": chunk_tokens,
         "chunk_overlap": chunk_overlap, "tokenizer": tokenizer, "max_chunks": max_chunks,
-        "split_ratios": list(split_ratios), "temperature": temperature, "max_tokens": max_tokens,
+        "split_ratios": list(split_ratios), "split_policy": SPLIT_POLICY, "temperature": temperature,
+        "max_tokens": max_tokens,
         "request_timeout": request_timeout, "max_retries": max_retries, "rounds": rounds,
-        "concurrency": concurrency, "filter": asdict(filter_config or FilterConfig()),
+        "concurrency": concurrency, "filter": asdict(filter_config),
+        "query_style": {"source": style.source, "examples": len(style.examples), "sha": style.fingerprint}
+        if style else None,
     }
     docs, report = load_documents(docs_dir)  # before the lock: no usable documents leaves no empty OUT behind
     with run_lock(out, "generate run"):
@@ -213,18 +250,18 @@ def create_qa_dataset(
             with _client(llm, base_url, concurrency, **settings_llm) as client:
                 bar = tqdm(total=len(pending), desc="generating", unit="chunk", disable=disable)
                 sampling = {"temperature": temperature, "max_tokens": max_tokens}
-                _run_pending(client, pending, records, out, gen_key, questions_per_chunk, prompt, seed, rounds,
-                             sampling, concurrency, abort_after_failures, bar)
+                _run_pending(client, pending, records, out, gen_key, questions_per_chunk, prompt_parts, seed,
+                             rounds, sampling, filter_config, concurrency, abort_after_failures, bar)
                 bar.close()
         llm_seconds = time.perf_counter() - t_llm
         summary = write_outputs(
             out, all_chunks=all_chunks, chunks=chunks, records=records, n=questions_per_chunk, seed=seed,
-            split_ratios=split_ratios, filter_config=filter_config or FilterConfig(),
+            split_ratios=split_ratios, filter_config=filter_config,
             manifest_base={
                 "run_key": run_key,
                 "llm": {"spec": spec, "model": model, "base_url": _safe_url(url)},
-                "prompt": {"hash": prompt_hash, "system": SYSTEM_PROMPT, "user": prompt,
-                           "few_shot": [list(x) for x in FEW_SHOT]},
+                "prompt": {"hash": prompt_hash, "system": system, "user": prompt,
+                           "few_shot": [list(x) for x in few_shot], "examples": list(prompt_parts["examples"])},
                 "settings": settings,
                 "inputs": {"docs_dir": str(docs_dir), "documents_sha256": docs_hash,
                            "files": {d.source: content_id(d.text, length=64) for d in docs},
@@ -238,13 +275,15 @@ def create_qa_dataset(
 
 def _run_pending(
     client: LLMClient, pending: list[Chunk], records: dict[str, dict], out: Path, gen_key: str, n: int,
-    prompt: str, seed: int, rounds: int, sampling: dict[str, Any], concurrency: int, abort_after: int, bar: Any,
+    prompt: dict[str, Any], seed: int, rounds: int, sampling: dict[str, Any], filter_config: FilterConfig,
+    concurrency: int, abort_after: int, bar: Any,
 ) -> None:
     """Ask for every pending chunk; checkpoint each result as it arrives; stop early if the server is gone."""
     streak = 0
     aborted = False
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="qa") as pool:
-        futures = {pool.submit(_ask, client, c, n, prompt, seed, rounds, sampling): c for c in pending}
+        futures = {pool.submit(_ask, client, c, n, prompt, seed, rounds, sampling, filter_config): c
+                   for c in pending}
         try:
             for fut in as_completed(futures):
                 if fut.cancelled():
@@ -253,7 +292,9 @@ def _run_pending(
                 records[rec["chunk_id"]] = rec
                 append_record(out / CHECKPOINT, rec)
                 bar.update(1)
-                streak = streak + 1 if rec["status"] != "ok" else 0
+                # only request failures count: a chunk the LLM answered without a usable question means the server
+                # is up (retrying known-bad chunks in a row must not look like an outage)
+                streak = streak + 1 if rec["status"] != "ok" and not _unusable(rec) else 0
                 if streak >= abort_after and not aborted:
                     aborted = True
                     logger.error("%d chunks failed in a row (last: %s); stopping. Rerun to retry them.",

@@ -27,7 +27,7 @@ _AUX = ("is", "are", "was", "were", "do", "does", "did", "can", "could", "has", 
 
 # leading numbering, bullets and labels: "1.", "2)", "-", "*", "Q1:", "Question 2:", "**Question:**"
 _LABEL = re.compile(
-    r"^\s*(?:[-*•·>#]+\s*)?(?:\*\*)?(?:\(?\d{1,2}[.):]\s*|\(?[a-e][.)]\s+)?(?:\*\*)?"
+    r"^\s*(?:[-*•·>#]+\s*)?(?:\*\*)?(?:\(?\d{1,2}[.):]\s*|\[\d{1,2}\]\s*|\(?[a-e][.)]\s+)?(?:\*\*)?"
     r"(?:(?:q|question|query)\s*\d{0,2}\s*[:.)-]\s*)?(?:\*\*)?\s*",
     re.IGNORECASE,
 )
@@ -56,6 +56,9 @@ GENERIC_PATTERNS = tuple(
         r"\btitle\s+of\s+(?:this|the)\s+(?:passage|text|article)",
     )
 )
+# style mode only (no WH-word to lean on): a real search query never talks about "the passage"
+STYLE_GENERIC = re.compile(r"\b(?:this|the|above|following)\s+(?:passage|text|article|excerpt|paragraph)s?\b",
+                           re.IGNORECASE)
 _STOP = frozenset(
     "the a an of in on at to for from by with and or but is are was were be been being this that these those it its "
     "what which who whom whose when where why how did does do has have had can could would should will may might "
@@ -74,6 +77,15 @@ class FilterConfig:
             words of the chunk (it paraphrases nothing; a reranker learns string matching).
         min_content_overlap: the question must share at least this many content words with the
             chunk (it is about this chunk, not a few-shot example or a hallucination).
+        require_question: the text must read as a question (a WH-word, an auxiliary verb first, or ``?``); style
+            mode (:mod:`rag_rerank.generate.style`) turns it off, so claims, keyword queries and arguments pass.
+        max_verbatim_share: when set, a shared run of words may also be up to this share of the query's words
+            (long queries quote more; a query that is mostly a copy of its chunk is still dropped).
+        min_content_share: the share of the query's content words that must come from the chunk (long queries).
+        avoid: texts a query must not copy (the prompt's examples): a shared run of words longer than half of the
+            shorter of the two drops it as ``copies_example``.
+        max_ngram_repeats: when set, a query in which some run of 3 words occurs more often than this is dropped
+            as ``repetitive`` (a small LLM's loops: "It was a game of ... It was a game of ...").
     """
 
     min_words: int = 4
@@ -81,6 +93,16 @@ class FilterConfig:
     max_chars: int = 300
     max_verbatim_words: int = 9
     min_content_overlap: int = 2
+    require_question: bool = True
+    max_verbatim_share: float | None = None
+    min_content_share: float = 0.0
+    avoid: tuple[str, ...] = ()
+    max_ngram_repeats: int | None = None
+
+    def verbatim_limit(self, n_words: int) -> int:
+        """The longest run of words a query of ``n_words`` words may share with its chunk."""
+        share = int(self.max_verbatim_share * n_words) if self.max_verbatim_share else 0
+        return max(self.max_verbatim_words, share)
 
 
 def normalize_question(text: str) -> str:
@@ -105,22 +127,30 @@ def _clean(line: str) -> str:
     return " ".join(q.split())
 
 
-def parse_questions(text: str) -> list[str]:
+def parse_questions(text: str, *, by_line: bool = False) -> list[str]:
     """Extract candidate questions from an LLM answer, in order (not yet filtered or deduplicated).
 
     Numbering, bullets, labels, quotes, preambles, answer lines and trailing answers on the same
-    line ("What is X? X is ...") are removed; several questions on one line are split.
+    line ("What is X? X is ...") are removed; several questions on one line are split. With ``by_line`` (style
+    mode: claims, arguments) each line is one query, whatever its punctuation.
 
     Example:
         >>> parse_questions('Question 1: "Who built it?" 2. Why did it fall? It fell.')
         ['Who built it?', 'Why did it fall?']
+        >>> parse_questions("1. Zoos protect species. Why close them?", by_line=True)
+        ['Zoos protect species. Why close them?']
     """
     out: list[str] = []
     for raw in text.replace("\r", "\n").split("\n"):
         line = raw.strip()
         if not line or _ANSWER_LINE.match(line):
             continue
-        if _PREAMBLE.match(line) and (line.endswith(":") or "question" in line.lower()):
+        if _PREAMBLE.match(line) and (line.endswith(":") or "question" in line.lower() or "quer" in line.lower()):
+            continue
+        if by_line:
+            q = _clean(line)
+            if q:
+                out.append(q)
             continue
         line = re.split(r"\s(?:answer|ans)\s*[:.]\s", line, maxsplit=1, flags=re.IGNORECASE)[0]
         pieces = re.findall(r"[^?]*\?", line)
@@ -155,6 +185,11 @@ def _longest_common_run(q: Sequence[str], c: Sequence[str]) -> int:
     return best
 
 
+def _max_trigram_count(words: Sequence[str]) -> int:
+    grams = Counter(tuple(words[i:i + 3]) for i in range(len(words) - 2))
+    return max(grams.values(), default=0)
+
+
 def _latin_ratio(text: str) -> float:
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
@@ -166,7 +201,8 @@ def question_problem(question: str, chunk_text: str, config: FilterConfig | None
     """The reason to drop ``question`` for ``chunk_text``, or ``None`` to keep it.
 
     Reasons: ``not_a_question``, ``too_short``, ``too_long``, ``generic``, ``wrong_language``,
-    ``off_topic`` (no content word of the chunk), ``verbatim_span``.
+    ``off_topic`` (too few content words of the chunk), ``verbatim_span`` (copies the chunk), ``copies_example``,
+    ``repetitive``.
 
     Example:
         >>> question_problem("What is the main idea of the passage?", "Rome was founded in 753 BC.")
@@ -174,7 +210,7 @@ def question_problem(question: str, chunk_text: str, config: FilterConfig | None
     """
     cfg = config or FilterConfig()
     words = _words(question)
-    if not _is_question(question):
+    if cfg.require_question and not _is_question(question):
         return "not_a_question"
     if _latin_ratio(chunk_text) > 0.9 and _latin_ratio(question) < 0.6:
         return "wrong_language"
@@ -182,14 +218,23 @@ def question_problem(question: str, chunk_text: str, config: FilterConfig | None
         return "too_short"
     if len(words) > cfg.max_words or len(question) > cfg.max_chars:
         return "too_long"
+    if cfg.max_ngram_repeats is not None and _max_trigram_count(words) > cfg.max_ngram_repeats:
+        return "repetitive"
     if any(p.search(question) for p in GENERIC_PATTERNS):
+        return "generic"
+    if not cfg.require_question and STYLE_GENERIC.search(question):
         return "generic"
     chunk_words = _words(chunk_text)
     content = {w for w in words if w not in _STOP and len(w) > 2}
-    if len(content & set(chunk_words)) < cfg.min_content_overlap:
+    shared = len(content & set(chunk_words))
+    if shared < cfg.min_content_overlap or shared < cfg.min_content_share * len(content):
         return "off_topic"
-    if _longest_common_run(words, chunk_words) > cfg.max_verbatim_words:
+    limit = cfg.verbatim_limit(len(words))
+    if _longest_common_run(words, chunk_words) > limit:
         return "verbatim_span"
+    for example in map(_words, cfg.avoid):  # more than half of the shorter one is a shared run: a copy
+        if _longest_common_run(words, example) > max(3, min(len(words), len(example)) // 2):
+            return "copies_example"
     return None
 
 

@@ -40,6 +40,9 @@ class EmbeddedLLMServer:
         parallel: server slots. 1 (the default) keeps generation deterministic for a fixed seed.
         ctx: context tokens per slot.
         threads: CPU threads (0 = all cores).
+        poll: llama.cpp's busy-wait level between jobs, 0-100 (50 is llama.cpp's default; 0 sleeps, which leaves the
+            cores to other work on a shared machine).
+        cache_ram_mib: host RAM for llama.cpp's prompt cache (``None``: llama.cpp's default, 8 GiB).
         startup_timeout: seconds to wait for ``/health``.
     """
 
@@ -50,6 +53,8 @@ class EmbeddedLLMServer:
         parallel: int = 1,
         ctx: int = 4096,
         threads: int = 0,
+        poll: int = 50,
+        cache_ram_mib: int | None = None,
         startup_timeout: float = 120.0,
     ) -> None:
         from rag_rerank.models import resolve_model_path
@@ -57,6 +62,7 @@ class EmbeddedLLMServer:
         self.model_path = resolve_model_path(model, role="llm")
         self.model_name = model
         self.parallel, self.ctx, self.threads = parallel, ctx, threads
+        self.poll, self.cache_ram_mib = poll, cache_ram_mib
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.port: int | None = None
@@ -90,7 +96,11 @@ class EmbeddedLLMServer:
             str(self.parallel),
             "--threads",
             str(self.threads),
+            "--poll",
+            str(self.poll),
         ]
+        if self.cache_ram_mib is not None:
+            cmd += ["--cache-ram-mib", str(self.cache_ram_mib)]
         logger.info("starting embedded LLM server (%s) on %s:%d", Path(self.model_path).name, self.host, self.port)
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

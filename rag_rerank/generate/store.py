@@ -112,31 +112,67 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def split_documents(doc_ids: Sequence[str], ratios: Sequence[float], seed: int) -> dict[str, str]:
-    """Assign documents to train/validation/test deterministically; train is never empty.
+SPLIT_POLICY = "questions-v2"  # recorded in the manifest settings: a new policy rewrites the splits on a rerun
+MIN_SPLIT_QUESTIONS = 50  # validation and test get at least this many questions when the data allows it
+MIN_DOCUMENTS_TO_SPLIT_BY = 20  # fewer documents than this: split by blocks of neighbouring chunks instead
+BLOCK_CHUNKS = 4  # chunks per block when splitting by chunk
 
-    Shares use the largest-remainder method over documents ordered by a seeded hash.
+
+def split_targets(n_questions: int, ratios: Sequence[float]) -> tuple[int, int]:
+    """Questions wanted in validation and test: their share of ``ratios``, but at least ``MIN_SPLIT_QUESTIONS`` each
+    when there are 5x that many questions (else a fifth each), so a small corpus still gets usable splits.
 
     Example:
-        >>> sorted(split_documents(["a", "b"], (0.8, 0.1, 0.1), 0).values())
-        ['train', 'train']
+        >>> [split_targets(n, (0.8, 0.1, 0.1)) for n in (3000, 300, 60)]
+        [(300, 300), (50, 50), (12, 12)]
     """
-    docs = sorted(set(doc_ids), key=lambda d: (content_id(str(seed), d), d))
     total = sum(ratios)
-    exact = [len(docs) * r / total for r in ratios]
-    sizes = [int(x) for x in exact]
-    for i in sorted(range(3), key=lambda i: (-(exact[i] - sizes[i]), i))[: len(docs) - sum(sizes)]:
-        sizes[i] += 1
-    if docs and sizes[0] == 0:
-        j = max(range(1, 3), key=lambda i: sizes[i])
-        sizes[j] -= 1
-        sizes[0] += 1
-    out, k = {}, 0
-    for name, size in zip(SPLITS, sizes, strict=True):
-        for d in docs[k:k + size]:
-            out[d] = name
-        k += size
-    return out
+    floor = min(MIN_SPLIT_QUESTIONS, round(0.2 * n_questions))
+    val = max(round(n_questions * ratios[1] / total), floor if ratios[1] > 0 else 0)
+    test = max(round(n_questions * ratios[2] / total), floor if ratios[2] > 0 else 0)
+    return val, test
+
+
+def assign_splits(chunks: Sequence[Chunk], questions_per_chunk: dict[str, int], ratios: Sequence[float],
+                  seed: int) -> tuple[dict[str, str], str]:
+    """``({chunk_id: split}, unit)``: train / validation / test, sized by questions, split by document when there
+    are enough documents, else by blocks of neighbouring chunks.
+
+    Units (a document, or ``BLOCK_CHUNKS`` consecutive chunks of one document, so a chunk's neighbours stay in its
+    split) are taken in a seeded order: test until it has its target of questions (:func:`split_targets`), then
+    validation, then the rest is train. Train is never empty when there is more than one unit with questions.
+
+    Example:
+        >>> cs = [Chunk(id=f"c{i}", text="t", doc_id=f"d{i % 3}", source="s", position=i // 3) for i in range(12)]
+        >>> split, unit = assign_splits(cs, {c.id: 1 for c in cs}, (0.8, 0.1, 0.1), seed=0)
+        >>> unit, sorted(set(split.values()))
+        ('chunk-block', ['test', 'train', 'validation'])
+    """
+    docs = sorted({c.doc_id for c in chunks})
+    by_document = len(docs) >= MIN_DOCUMENTS_TO_SPLIT_BY
+    units: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        key = c.doc_id if by_document else f"{c.doc_id}#{c.position // BLOCK_CHUNKS}"
+        units.setdefault(key, []).append(c)
+    order = sorted(units, key=lambda u: (content_id(str(seed), u), u))
+    n_q = {u: sum(questions_per_chunk.get(c.id, 0) for c in cs) for u, cs in units.items()}
+    val_target, test_target = split_targets(sum(n_q.values()), ratios)
+    with_questions = [u for u in order if n_q[u] > 0]
+    out: dict[str, str] = {}
+    got = {"test": 0, "validation": 0}
+    left = len(with_questions)  # units with questions not yet assigned
+    for u in order:
+        split = "train"
+        spare = left > 1 or n_q[u] == 0  # the last unit with questions always goes to train
+        left -= n_q[u] > 0
+        for name, target in (("test", test_target), ("validation", val_target)):
+            if got[name] < target and spare:
+                split = name
+                got[name] += n_q[u]
+                break
+        for c in units[u]:
+            out[c.id] = split
+    return out, "document" if by_document else "chunk-block"
 
 
 def write_outputs(
@@ -146,6 +182,7 @@ def write_outputs(
 ) -> QADatasetSummary:
     """Parse + filter every checkpointed answer, split by document, and write all files atomically."""
     seen: set[str] = set()
+    by_line = not filter_config.require_question  # style mode: one query a line, whatever its punctuation
     dropped: Counter[str] = Counter()
     returned = 0
     failed: list[tuple[str, str]] = []
@@ -157,7 +194,7 @@ def write_outputs(
             failed.append((c.id, "no result (interrupted before this chunk was asked)"))
             continue
         usage.update({k: rec.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
-        candidates = [q for t in rec.get("texts", []) for q in parse_questions(t)]
+        candidates = [q for t in rec.get("texts", []) for q in parse_questions(t, by_line=by_line)]
         returned += len(candidates)
         if rec.get("status") != "ok":
             failed.append((c.id, str(rec.get("reason", "failed"))))
@@ -168,13 +205,14 @@ def write_outputs(
         for q in kept:
             rows.append({"query_id": content_id(c.id, q, prefix="q"), "question": q, "chunk_id": c.id,
                          "doc_id": c.doc_id, "positive": c.text})
-    doc_split = split_documents([c.doc_id for c in chunks], split_ratios, seed)
+    per_chunk = Counter(r["chunk_id"] for r in rows)
+    chunk_split, unit = assign_splits(chunks, per_chunk, split_ratios, seed)
     for r in rows:
-        r["split"] = doc_split[r["doc_id"]]
+        r["split"] = chunk_split[r["chunk_id"]]
     qrels = {s: {r["query_id"]: {r["chunk_id"]: 1} for r in rows if r["split"] == s} for s in SPLITS}
     for s in SPLITS:
         if not qrels[s]:
-            logger.warning("split %r has no questions (too few documents for split_ratios=%s)", s, split_ratios)
+            logger.warning("split %r has no questions (too few questions for split_ratios=%s)", s, split_ratios)
 
     save_corpus(out / "corpus.jsonl", {c.id: {"title": c.title, "text": c.text} for c in all_chunks}, extra={
         c.id: {"doc_id": c.doc_id, "source": c.source, "position": c.position, "start_char": c.start_char,
@@ -196,7 +234,8 @@ def write_outputs(
         "asked": n * len(chunks), "returned": returned, "kept": len(rows),
         "dropped_by_reason": dict(sorted(dropped.items())),
         "per_split": {s: len(qrels[s]) for s in SPLITS},
-        "documents_per_split": {s: sum(1 for v in doc_split.values() if v == s) for s in SPLITS},
+        "split_unit": unit,
+        "documents_per_split": {s: len({c.doc_id for c in chunks if chunk_split[c.id] == s}) for s in SPLITS},
     }
     manifest = {
         **manifest_base, "status": "partial" if failed else "complete", "counts": counts,

@@ -35,12 +35,13 @@ from rag_rerank.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "FusionChoice", "choose_alpha", "load_fusion",
-           "save_fusion", "saved_alpha"]
+__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "TUNED", "FusionChoice", "choose_alpha",
+           "load_fusion", "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 FUSION_FILE = "fusion.json"
 MIN_VALIDATION_QUERIES = 50
+TUNED = "first_stage_tuned"  # the name of the tuned first stage in reports
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,23 @@ class FusionChoice:
     def improved(self) -> bool:
         """Whether the reranker is trusted (a validation gain whose CI excludes 0)."""
         return self.status == "improved"
+
+    def verdict(self, first_stage: str = "first stage") -> str:
+        """One line on the shipped system, as the console, the model card and ``summary.json`` state it."""
+        first_stage = "tuned first stage" if first_stage == TUNED else first_stage
+        lo, hi = self.gain_ci95 or (0.0, 0.0)
+        base = self.by_alpha.get("0", float("nan"))
+        if self.status == "improved":
+            return (f"IMPROVED: on {self.queries} validation questions the shipped system (the reranker fused at alpha "
+                    f"{self.alpha:g} with the {first_stage}) scores {self.metric} {self.value:.4f} against {base:.4f} "
+                    f"for the {first_stage} alone ({self.gain:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}])")
+        if self.status == "not_enough_data":
+            return (f"NOT ENOUGH VALIDATION DATA: {self.queries} validation questions (fewer than "
+                    f"{MIN_VALIDATION_QUERIES}) cannot show that the reranker helps, so the shipped system is the "
+                    f"{first_stage} alone (alpha 0); generate questions for more chunks")
+        return (f"DID NOT HELP: on {self.queries} validation questions the reranker's best fusion (alpha "
+                f"{self.best_alpha:g}) changes {self.metric} by {self.gain:+.4f} over the {first_stage} (95% CI "
+                f"[{lo:+.4f}, {hi:+.4f}] includes 0), so the shipped system is the {first_stage} alone (alpha 0)")
 
 
 def choose_alpha(

@@ -1,9 +1,8 @@
 """Fast cross-encoder inference: length bucketing, long-document windows and a score cache.
 
-``Reranker`` wraps a sentence-transformers ``CrossEncoder`` (loaded through
-:func:`rag_rerank.models.load_cross_encoder`, so ``embedded:*`` names, local folders and hub ids all
-work, with the same clear offline errors) and scores ``(query, document)`` pairs with exactly the
-model's own preprocessing and forward pass. What it adds:
+``Reranker`` wraps a sentence-transformers ``CrossEncoder`` (:func:`rag_rerank.models.load_cross_encoder`:
+``embedded:*`` names, local folders, hub ids) and scores ``(query, document)`` pairs with exactly the model's own
+preprocessing and forward pass. What it adds:
 
 - **length bucketing**: pairs are sorted by token length (longest first, ties by input position) and
   batched, so each batch pads to a similar length; scores come back in the caller's order;
@@ -18,23 +17,14 @@ model's own preprocessing and forward pass. What it adds:
     document length (about ``2 * tokens / window`` forward passes with the default stride);
   - ``long_documents="truncate"``: the pair is truncated to ``max_length`` like
     ``CrossEncoder.predict`` does, and one warning per call says how many pairs were cut;
+- **long queries** keep ``max_query_tokens`` tokens (half of ``max_length`` by default), as in training
+  (:mod:`rag_rerank.rerank.windows`);
 
 - a bounded LRU **score cache** keyed by (model id and scoring settings, query, sha256 of the
   document text); ``cache_size=0`` disables it.
 
-Backends (only the forward pass differs; the registry is :mod:`rag_rerank.rerank.backends`):
-
-- ``"torch"``: the sentence-transformers model itself (any device, CUDA autocast);
-- ``"onnx"``: the model exported once to ONNX (cached next to the model, reused), fused and run by
-  onnxruntime on CPU; scores equal torch's to about 1e-6;
-- ``"onnx-int8"``: the same graph with dynamically quantised int8 weights (per channel, head kept
-  fp32): scores close to but not equal to fp32 (check the ranking parity on your data, as
-  ``pipelines/bench_rerank.py`` does);
-- ``"openvino"`` / ``"openvino-bf16"`` / ``"openvino-int8"``: the model converted once to OpenVINO and run
-  by its CPU plugin at fp32, bf16 or int8 (NNCF, calibrated on your pairs); the fastest on CPU (see
-  :mod:`rag_rerank.rerank.backends.openvino`).
-
-The ONNX backends need ``pip install 'rag-rerank[onnx]'``, the OpenVINO ones ``'rag-rerank[openvino]'``.
+Backends differ only in the forward pass (registry: :mod:`rag_rerank.rerank.backends`); ``"auto"``, the default,
+keeps the fastest installed one at ranking parity with fp32 torch on this model and machine.
 
 Example:
     >>> rr = Reranker("embedded:minilm-ce")  # doctest: +SKIP
@@ -44,7 +34,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,13 +45,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from rag_rerank.errors import ConfigError, RagRerankError
-from rag_rerank.models import load_cross_encoder, resolve_model_path
-from rag_rerank.rerank.backends import check_installed, create_backend, is_exported
+from rag_rerank.models import default_device, load_cross_encoder, resolve_model_path
+from rag_rerank.rerank.backends import BackendNotAvailableError, check_installed, create_backend, is_exported
+from rag_rerank.rerank.inputs import check_pairs, check_positive
 from rag_rerank.rerank.score_cache import CacheInfo, ScoreCache, doc_hash
-from rag_rerank.rerank.windows import MIN_WINDOW_TOKENS, make_windows, pair_lengths
+from rag_rerank.rerank.windows import MIN_WINDOW_TOKENS, make_windows, pair_lengths, query_budget, truncate_query
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
+
+    from rag_rerank.rerank.backends.auto import BackendChoice
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +79,7 @@ class RerankerConfig:
     num_threads: int | None = None
     cache_size: int = 4096
     autocast: bool = True
+    max_query_tokens: int | None = None
 
 
 class Reranker:
@@ -92,9 +89,12 @@ class Reranker:
         model: ``embedded:minilm-ce``, a local model folder, a Hugging Face hub id, or a loaded
             ``CrossEncoder`` (torch backend; scored as it is at each call, so the cache is off: the
             training-time evaluator uses this).
-        backend: ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU), ``"onnx-int8"`` (dynamic int8 weights,
-            CPU), ``"openvino"`` (fp32), ``"openvino-bf16"`` or ``"openvino-int8"`` (OpenVINO, CPU). Exported
-            models are made on first use and cached; see the module docstring.
+        backend: ``"auto"`` (default; ``$RAG_RERANK_BACKEND`` overrides it): the fastest installed backend whose
+            rankings match fp32 torch (per-query Spearman >= 0.99) on a probe of this model, measured once per
+            model and machine (:mod:`rag_rerank.rerank.backends.auto`; ``backend_choice`` says why), torch on a
+            GPU or for an in-memory model. Or one of ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU),
+            ``"onnx-int8"`` (dynamic int8 weights, CPU), ``"openvino"`` (fp32), ``"openvino-bf16"`` or
+            ``"openvino-int8"`` (OpenVINO, CPU). Exported models are made on first use and cached.
         batch_size: pairs (or document windows) per forward pass.
         max_length: tokens per pair; ``None`` uses the model's limit (512 for BERT-style models).
         device: ``cpu``, ``cuda``, ...; ``None`` picks the best available (always ``cpu`` for ONNX).
@@ -103,6 +103,7 @@ class Reranker:
         long_documents: ``"window"`` (max over overlapping windows) or ``"truncate"`` (with a
             warning); see the module docstring.
         window_stride: tokens between window starts; ``None`` = half a window.
+        max_query_tokens: tokens a query keeps; ``None`` = half of ``max_length`` (the training default).
         num_threads: CPU threads while scoring: torch's (restored afterwards; ``None`` leaves it) or
             onnxruntime's intra-op pool (``None`` = the cores this process may use).
         cache_size: score-cache entries (LRU); ``0`` disables the cache.
@@ -126,9 +127,9 @@ class Reranker:
 
     def __init__(
         self,
-        model: str | CrossEncoder,
+        model: str | os.PathLike | CrossEncoder,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
         device: str | None = None,
@@ -140,20 +141,26 @@ class Reranker:
         autocast: bool = True,
         trust_remote_code: bool = False,
         calibration_pairs: Sequence[tuple[str, str]] | None = None,
+        max_query_tokens: int | None = None,
     ) -> None:
-        exported = is_exported(backend)
-        if exported:
+        backend = backend or os.environ.get("RAG_RERANK_BACKEND") or "auto"
+        auto = backend == "auto"
+        if auto and (not isinstance(model, (str, os.PathLike)) or (device or default_device()) != "cpu"):
+            auto, backend = False, "torch"  # exported backends serve saved models on CPU only
+        exported = auto or is_exported(backend)
+        if exported and not auto:
             check_installed(backend)
             if device not in (None, "cpu"):
                 raise ConfigError(f"backend={backend!r} runs on CPU; got device={device!r}. Fix: drop device")
+        if exported:
             device = "cpu"
-        _check_positive("batch_size", batch_size)
+        check_positive("batch_size", batch_size)
         if max_length is not None:
-            _check_positive("max_length", max_length)
-        if window_stride is not None:
-            _check_positive("window_stride", window_stride)
-        if num_threads is not None:
-            _check_positive("num_threads", num_threads)
+            check_positive("max_length", max_length)
+        for name, value in (("window_stride", window_stride), ("num_threads", num_threads),
+                            ("max_query_tokens", max_query_tokens)):
+            if value is not None:
+                check_positive(name, value)
         if activation not in ("sigmoid", "none"):
             raise ConfigError(f"activation={activation!r}; use 'sigmoid' or 'none'")
         if long_documents not in ("window", "truncate"):
@@ -161,6 +168,8 @@ class Reranker:
         if cache_size < 0:
             raise ConfigError(f"cache_size={cache_size} must be >= 0 (0 disables the cache)")
 
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
         if isinstance(model, str):
             self._ce: CrossEncoder = load_cross_encoder(
                 model, device=device, max_length=max_length, trust_remote_code=trust_remote_code
@@ -194,6 +203,7 @@ class Reranker:
             self._ce.max_seq_length = effective
             logger.info("model %s declares no max length; using %d tokens", model, effective)
         self.max_length: int = int(effective)
+        self.max_query_tokens = query_budget(self.max_length, max_query_tokens)
         self.device: str = str(self._ce.device)
         self.config = RerankerConfig(
             model=model,
@@ -207,20 +217,53 @@ class Reranker:
             num_threads=num_threads,
             cache_size=cache_size,
             autocast=autocast,
+            max_query_tokens=self.max_query_tokens,
         )
         model_dir = resolve_model_path(model, role="cross-encoder") if exported else None
-        self._backend = create_backend(backend, self._ce, model_dir, num_threads=num_threads, autocast=autocast,
-                                       trust_remote_code=trust_remote_code, calibration_pairs=calibration_pairs)
+        self.backend_choice: BackendChoice | None = None
+        self._calibration = calibration_pairs
+        build = functools.partial(create_backend, ce=self._ce, model_dir=model_dir, num_threads=num_threads,
+                                  autocast=autocast, trust_remote_code=trust_remote_code,
+                                  calibration_pairs=calibration_pairs)
+        if auto:
+            backend = self._choose_backend(model_dir, build)
+            self.config = dataclasses.replace(self.config, backend=backend)
+        self._backend = build(backend)
         self._cache = ScoreCache(cache_size)
         # everything that changes a score is part of the cache's model key
-        self._cache_model_key = f"{model}|{backend}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
+        self._cache_model_key = (f"{model}|{backend}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
+                                 f"|{self.max_query_tokens}")
 
     def __repr__(self) -> str:
         c = self.config
-        return (
-            f"Reranker(model={c.model!r}, backend={c.backend!r}, device={c.device!r}, max_length={c.max_length}, "
-            f"long_documents={c.long_documents!r}, activation={c.activation!r})"
-        )
+        return (f"Reranker(model={c.model!r}, backend={c.backend!r}, device={c.device!r}, max_length={c.max_length}, "
+                f"long_documents={c.long_documents!r}, activation={c.activation!r})")
+
+    def _choose_backend(self, model_dir: Any, build: Any) -> str:
+        """``backend="auto"``: measure the installed backends on this model and machine (cached); see
+        :mod:`rag_rerank.rerank.backends.auto`."""
+        from rag_rerank.rerank.backends.auto import choose_backend
+
+        skip = ("model", "backend", "device", "cache_size")
+        settings = "|".join(str(v) for k, v in dataclasses.asdict(self.config).items() if k not in skip)
+
+        def score(backend: Any, pairs: list[tuple[str, str]]) -> np.ndarray:
+            saved, self._backend = getattr(self, "_backend", None), backend
+            try:
+                return self._score(pairs, False)
+            finally:
+                self._backend = saved
+
+        def make(name: str, probe: list[tuple[str, str]]) -> Any:
+            own = self._calibration is not None or (model_dir / "train_groups.jsonl").is_file()
+            return build(name) if own or name != "openvino-int8" else build(name, calibration_pairs=probe)
+
+        try:
+            self.backend_choice = choose_backend(model_dir, settings, make, score)
+        except BackendNotAvailableError as e:  # e.g. no weights file an exporter understands
+            logger.info("backend auto -> torch (%s)", str(e).splitlines()[0])
+            return "torch"
+        return self.backend_choice.backend
 
     @property
     def effective_precision(self) -> str:
@@ -257,19 +300,16 @@ class Reranker:
             >>> rr.predict([("q", "a document"), ("q", "another")]).shape  # doctest: +SKIP
             (2,)
         """
-        checked = _check_pairs(pairs)
+        checked = check_pairs(pairs)
         out = np.empty(len(checked), dtype=np.float32)
         pending: dict[tuple[str, str, str], list[int]] = {}
         for i, (q, d) in enumerate(checked):
             key = (self._cache_model_key, q, doc_hash(d))
-            if key in pending:
-                pending[key].append(i)
-                continue
-            cached = self._cache.get(key)
+            cached = None if key in pending else self._cache.get(key)
             if cached is not None:
                 out[i] = cached
             else:
-                pending[key] = [i]
+                pending.setdefault(key, []).append(i)
         if not pending:
             return out
         keys = list(pending)
@@ -311,13 +351,8 @@ class Reranker:
         order = sorted(range(len(docs)), key=lambda i: (-float(scores[i]), i))
         if top_k is not None:
             order = order[:top_k]
-        rows: list[dict[str, Any]] = []
-        for i in order:
-            row: dict[str, Any] = {"corpus_id": i, "score": float(scores[i])}
-            if return_documents:
-                row["text"] = docs[i]
-            rows.append(row)
-        return rows
+        return [{"corpus_id": i, "score": float(scores[i]), **({"text": docs[i]} if return_documents else {})}
+                for i in order]
 
     def windows(self, query: str, document: str) -> list[str]:
         """The document texts that ``long_documents="window"`` scores for this query.
@@ -330,6 +365,7 @@ class Reranker:
             >>> len(rr.windows("q", "word " * 2000)) > 1  # doctest: +SKIP
             True
         """
+        query = self._cut_queries([(query, document)])[0][0]
         total = self._pair_lengths([(query, document)])[0]
         if total <= self.max_length:
             return [document]
@@ -347,6 +383,10 @@ class Reranker:
     def _pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         return pair_lengths(self._tokenizer, pairs)
 
+    def _cut_queries(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        cut = {q: truncate_query(self._tokenizer, q, self.max_query_tokens) for q in {q for q, _ in pairs}}
+        return [(cut[q], d) for q, d in pairs]
+
     def _make_windows(self, query: str, document: str) -> list[str] | None:
         return make_windows(self._tokenizer, self.max_length, query, document, self.config.window_stride)
 
@@ -354,6 +394,7 @@ class Reranker:
         """Score unique, uncached pairs: expand long ones to windows, bucket by length, forward."""
         from tqdm.auto import tqdm
 
+        pairs = self._cut_queries(pairs)
         lengths = self._pair_lengths(pairs)
         units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens)
         truncated = 0
@@ -406,22 +447,3 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
         [0.5]
     """
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
-
-
-def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    if isinstance(pairs, (str, bytes)):
-        raise TypeError("pairs must be a sequence of (query, document) tuples, not a string")
-    checked = []
-    for i, pair in enumerate(pairs):
-        if isinstance(pair, (str, bytes)) or len(pair) != 2:
-            raise ConfigError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.80}")
-        q, d = pair
-        if not isinstance(q, str) or not isinstance(d, str):
-            raise TypeError(f"pairs[{i}] must hold two strings, got ({type(q).__name__}, {type(d).__name__})")
-        checked.append((q, d))
-    return checked

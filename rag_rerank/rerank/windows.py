@@ -1,4 +1,11 @@
-"""Long documents: overlapping token windows that each fit next to the query within ``max_length``.
+"""Token budgets of a pair: long queries are cut, long documents are scored in windows, within ``max_length``.
+
+The query budget (the policy for long queries, e.g. whole arguments as queries): a query keeps at most
+``max_query_tokens`` tokens, half of ``max_length`` by default, cut at a token boundary of the reranker's tokenizer.
+Training (:func:`rag_rerank.train.reranker_trainer.train_reranker`), evaluation and serving
+(:class:`rag_rerank.rerank.Reranker`) apply the same cut, so the model never sees a longer query served than it
+was trained on, and a document always keeps at least half the pair. The first stage keeps whole queries for BM25;
+the bi-encoder cuts at its own ``max_seq_length`` (256 word pieces for MiniLM).
 
 A pair longer than ``max_length`` tokens is scored as the maximum over windows of the document
 (``Reranker(long_documents="window")``): each window starts on a word boundary, windows are ``window_stride``
@@ -11,6 +18,25 @@ from collections.abc import Sequence
 from typing import Any
 
 MIN_WINDOW_TOKENS = 16  # below this many document tokens per window, windowing is pointless: truncate
+
+
+def query_budget(max_length: int, max_query_tokens: int | None = None) -> int:
+    """The tokens a query keeps: ``max_query_tokens``, by default half of ``max_length``.
+
+    Example:
+        >>> query_budget(256)
+        128
+    """
+    return max_query_tokens or max(1, max_length // 2)
+
+
+def truncate_query(tok: Any, query: str, max_tokens: int) -> str:
+    """``query`` cut to its first ``max_tokens`` tokens (the text up to the end of the last kept token)."""
+    enc = tok(query, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return query
+    return query[: offsets[max_tokens - 1][1]]
 
 
 def pair_lengths(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[int]:

@@ -1,6 +1,7 @@
 """Stage 3, train: mine hard negatives with the first stage and fine-tune the reranker (or the bi-encoder).
 
-Modules: ``config`` (:class:`RerankerTrainingConfig`, :class:`TrainResult`), ``mining`` and ``groups`` (hard
+Modules: ``recipes`` (every setting of the chain, named), ``config`` (:class:`RerankerTrainingConfig`,
+:class:`TrainResult`), ``mining`` and ``groups`` (hard
 negatives and training rows), ``losses``, ``reranker_trainer`` (:func:`train_reranker`), ``bi_encoder``,
 ``evaluators`` (MSE and realistic reranking), ``guards`` (preflight, NaN stop, sanity gate, verdict),
 ``model_card``, ``soup`` (checkpoint averaging), ``legacy`` (the seeds' ``fit``) and ``finetune`` (the glue:
@@ -20,6 +21,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "rag_rerank.train.legacy": ("legacy_fit",),
     "rag_rerank.train.losses": ("GroupSoftmaxLoss",),
     "rag_rerank.train.mining": ("MiningConfig", "MiningResult", "mine_hard_negatives"),
+    "rag_rerank.train.recipes": ("RECIPES", "Recipe", "get_recipe"),
     "rag_rerank.train.reranker_trainer": ("train_reranker",),
     "rag_rerank.train.soup": ("average_checkpoints",),
 })

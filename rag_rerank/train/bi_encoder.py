@@ -79,7 +79,7 @@ def train_bi_encoder(
     )
 
     from rag_rerank.models import load_bi_encoder
-    from rag_rerank.train.guards import NonFiniteLossCallback, TrainingDivergedError, model_bytes, preflight
+    from rag_rerank.train.guards import NonFiniteLossCallback, TrainingDivergedError, model_bytes, preflight, quiet
 
     cfg = config or BiEncoderTrainingConfig()
     rows = list(train_rows)
@@ -116,8 +116,8 @@ def train_bi_encoder(
             logging_steps=max(1, len(rows) // cfg.batch_size // 10), **precision_args(cfg.mixed_precision),
         )
         nonfinite = NonFiniteLossCallback()
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss,
-                                   callbacks=[nonfinite]).train()
+        quiet(SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss,
+                                         callbacks=[nonfinite])).train()
     if nonfinite.fired:
         raise TrainingDivergedError(nonfinite.message(f"bi-encoder training of {base_model}"))
     out = Path(out_dir)

@@ -14,12 +14,15 @@ The default recipe is the one that learned in the issue-5 probe, where the sente
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rag_rerank.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HEAD_PARAM_PATTERN", "NEW_HEAD_LEARNING_RATE", "RerankerTrainingConfig", "TrainResult",
            "has_new_head", "precision_args", "resolve_head_learning_rate"]
@@ -28,6 +31,7 @@ HEAD_PARAM_PATTERN = r"(^|\.)(classifier|pooler|score)\."
 """Parameters matching this regex (BERT ``classifier``/``pooler``, RoBERTa/XLM-R ``classifier.dense`` and
 ``classifier.out_proj``, decoder ``score``) get ``head_learning_rate``."""
 NEW_HEAD_LEARNING_RATE = 1e-3
+COMMON_SCHEDULERS = ("constant_with_warmup", "warmup_stable_decay", "linear", "cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class RerankerTrainingConfig:
         train_group_size: 1 positive + k negatives per group. Rows with fewer negatives are topped up by
             resampling theirs (FlagEmbedding does the same); rows with none are dropped.
         max_length: tokens of query + passage; chunks are 256 tokens by default, shorter is faster.
+            A query keeps half of them, as the served ``Reranker`` does (:mod:`rag_rerank.rerank.windows`).
         seed: seeds the trainer and the negative sampling.
         mixed_precision: ``"auto"`` uses bf16 (or fp16) when a CUDA GPU is there, nothing on CPU.
         gradient_checkpointing: trade compute for memory.
@@ -73,6 +78,14 @@ class RerankerTrainingConfig:
         sanity_min_delta: the gate fires when the validation MRR@10 is below the first stage's plus this
             (default -0.10: a cross-encoder at par with a strong hybrid is normal and still helps in fusion;
             one far below it has collapsed).
+        warm_start_steps: optimiser steps of a label-free warm start before the listwise training: the new head and
+            the encoder learn to reproduce the first stage's bi-encoder similarities (MarginMSE on each group's
+            positive-negative margins, GPL-style), so the listwise stage starts off the uniform-loss plateau. 0: off.
+            Needs groups with ``teacher`` scores (:func:`rag_rerank.train.groups.add_teacher_scores`).
+        warm_start_max_length: tokens per pair during the warm start (shorter is cheaper; ``None``: ``max_length``).
+        warm_start_learning_rate: encoder learning rate of the warm start (``None``: ``learning_rate``).
+        warm_start_scale: teacher margins are multiplied by this to become logit margins (cosine margins of a few
+            tenths -> logit margins of a few units).
         logging_steps: log the training loss every N steps (``None``: about 25 times per run).
         show_progress_bar: tqdm bars (``None``: when logging is at INFO or below).
     """
@@ -100,6 +113,10 @@ class RerankerTrainingConfig:
     sanity_gate: Literal["stop", "raise", "warn", "off"] = "stop"
     sanity_after: float = 0.5
     sanity_min_delta: float = -0.10
+    warm_start_steps: int = 0
+    warm_start_max_length: int | None = None
+    warm_start_learning_rate: float | None = None
+    warm_start_scale: float = 10.0
     logging_steps: int | None = None
     show_progress_bar: bool | None = None
 
@@ -114,7 +131,9 @@ class RerankerTrainingConfig:
             raise ConfigError(f"sanity_gate={self.sanity_gate!r}: use 'stop', 'raise', 'warn' or 'off'")
         if not 0.0 < self.decay_ratio < 1.0:
             raise ConfigError(f"decay_ratio={self.decay_ratio}: must be in (0, 1)")
-        from transformers import SchedulerType
+        if self.lr_scheduler in COMMON_SCHEDULERS:
+            return
+        from transformers import SchedulerType  # only for a rarer name: importing transformers loads torch
 
         names = sorted(t.value for t in SchedulerType)
         if self.lr_scheduler not in names:
@@ -138,6 +157,8 @@ class TrainResult:
     improved: bool | None = None
     data_summary: dict[str, Any] = field(default_factory=dict)
     fusion_alpha: float | None = None  # set by rag_rerank.train.finetune.finetune (fusion.json), None otherwise
+    fusion: Any = None  # the rag_rerank.rerank.fusion.FusionChoice behind fusion_alpha
+    shipped_verdict: str | None = None  # the verdict on the system served (fused, or the first stage alone)
 
 
 def resolve_head_learning_rate(head_learning_rate: float | str | None, base_model: str) -> float | None:
@@ -173,11 +194,32 @@ def has_new_head(base_model: str) -> bool:
     return not any(re.search(r"(^|\.)(classifier|score)\.", k) for k in keys)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo`` (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def precision_args(mode: str) -> dict[str, bool]:
-    """Mixed-precision training arguments for ``mode`` (``auto``: bf16 or fp16 on a CUDA GPU, nothing on CPU)."""
+    """Mixed-precision training arguments for ``mode``.
+
+    ``auto``: bf16 (or fp16) on a CUDA GPU; fp32 on CPU. ``bf16`` on CPU: bf16 autocast where the CPU has native
+    bf16 (AVX512_BF16 or AMX), else fp32 with a warning (emulated bf16 is slower than fp32). ``no``: fp32.
+    """
     import torch
 
-    if mode == "no" or not torch.cuda.is_available():
+    if mode == "no":
+        return {}
+    if not torch.cuda.is_available():
+        if mode == "bf16" and native_cpu_bf16():
+            return {"bf16": True}
+        if mode in ("bf16", "fp16"):
+            logger.warning("mixed_precision=%r: this CPU has no native bf16 (AVX512_BF16/AMX) and no fp16 training; "
+                           "training in fp32", mode)
         return {}
     if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
         return {"bf16": True}

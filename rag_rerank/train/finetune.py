@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,16 @@ from typing import Any
 from rag_rerank.errors import DataError
 from rag_rerank.generate.store import QADataset, load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_jsonl
+from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, save_fusion
 from rag_rerank.train.config import RerankerTrainingConfig, TrainResult
-from rag_rerank.train.groups import build_groups
+from rag_rerank.train.groups import add_teacher_scores, build_groups
 from rag_rerank.train.mining import MiningConfig, MiningResult, mine_hard_negatives
+from rag_rerank.train.model_card import set_shipped_verdict
+from rag_rerank.train.recipes import Recipe, get_recipe
 from rag_rerank.types import Queries, Run, ranked
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_OFFLINE = "embedded:minilm-ce"
 
 
 @dataclass(frozen=True)
@@ -135,16 +138,18 @@ def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_
 
 
 def choose_fusion(model_dir: str | os.PathLike, queries: Queries, qrels: Any, corpus: Any, run: Run,
-                  top_k: int = 20, show_progress_bar: bool | None = None) -> Any:
-    """Score the validation candidates with the trained model, choose the fusion alpha and save ``fusion.json``."""
-    from rag_rerank.rerank.fusion import choose_alpha, save_fusion
+                  top_k: int = 20, *, min_queries: int = MIN_VALIDATION_QUERIES,
+                  first_stage: Mapping[str, Any] | None = None, show_progress_bar: bool | None = None) -> FusionChoice:
+    """Score the validation candidates with the trained model, choose the fusion alpha, save ``fusion.json`` and put
+    the shipped system's verdict at the top of the model card."""
     from rag_rerank.rerank.reranker import Reranker
     from rag_rerank.rerank.runs import score_candidates
 
     heads = score_candidates(run, queries, corpus, Reranker(str(model_dir)), top_k,
                              show_progress_bar=show_progress_bar)
-    choice = choose_alpha(run, heads, qrels, top_k=top_k)
+    choice = choose_alpha(run, heads, qrels, top_k=top_k, min_queries=min_queries, first_stage_settings=first_stage)
     save_fusion(model_dir, choice)
+    set_shipped_verdict(model_dir, choice.verdict(TUNED if first_stage else "hybrid"))
     return choice
 
 
@@ -174,53 +179,62 @@ def finetune(
     dataset_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
+    recipe: str | Recipe = "default",
     index_dir: str | os.PathLike | None = None,
-    base_model: str = DEFAULT_BASE_OFFLINE,
+    base_model: str | None = None,
     bi_encoder: str | None = None,
     mining: MiningConfig | None = None,
     training: RerankerTrainingConfig | None = None,
     groups: str | os.PathLike | list[dict[str, Any]] | None = None,
+    first_stage: Mapping[str, Any] | None = None,
     max_train_queries: int | None = None,
-    top_k: int = 20,
-    max_eval_queries: int | None = 200,
     fusion: bool = True,
     command: str | None = None,
+    callbacks: list[Any] | None = None,
     show_progress_bar: bool | None = None,
     **training_overrides: Any,
 ) -> TrainResult:
-    """Mine negatives with the hybrid first stage and fine-tune a reranker.
+    """Mine negatives with the (tuned) hybrid first stage and fine-tune a reranker, with a recipe's settings.
 
     Args:
         dataset_dir: a dataset written by ``rag-rerank generate``.
         out_dir: where the model (and its card) go.
+        recipe: where every default comes from (:mod:`rag_rerank.train.recipes`): mining, training, the training
+            length (epochs over the groups, within the recipe's step floor and cap), the validation depth
+            ``top_k``, the validation questions used, and the minimum that trusts a reranker.
         index_dir: a ``rag-rerank index`` folder over the same corpus (built into ``DATASET/index`` if None).
-        base_model: the cross-encoder to start from (``embedded:minilm-ce`` offline, ``BAAI/bge-reranker-base``
-            online). A new head gets a fast learning rate and a trained one does not, whatever ``training`` is
-            (``head_learning_rate="auto"``).
+        base_model: the cross-encoder to start from (default: the recipe's; ``BAAI/bge-reranker-base`` online). A
+            new head gets a fast learning rate and a trained one does not (``head_learning_rate="auto"``).
         bi_encoder: the index's bi-encoder, if not the default.
-        mining: hard-negative settings (ignored with ``groups``).
-        training: a :class:`~rag_rerank.train.config.RerankerTrainingConfig`.
+        mining: hard-negative settings (default: the recipe's; ignored with ``groups``).
+        training: the whole training config, instead of the recipe's (its ``max_steps`` is then used as is).
         groups: training groups already mined (a JSONL path written by ``rag-rerank mine``, or the rows):
             no mining then.
+        first_stage: the tuned first stage's fusion settings (``adapt`` chooses them on validation): mining,
+            validation and the fusion use it instead of the index's own fusion, and ``fusion.json`` records it.
         max_train_queries: cap on training questions (a deterministic subset).
-        top_k: depth of the realistic validation reranking (and of the fusion).
-        max_eval_queries: validation questions used (a fixed subset; each costs ``top_k`` pairs per evaluation).
         fusion: after training, choose the reranker/first-stage fusion alpha on the validation split and save
             it as ``fusion.json`` in ``out_dir`` (see :mod:`rag_rerank.rerank.fusion`).
         command: the command line recorded in the model card.
-        **training_overrides: fields of the training config (``max_steps=10``, ``loss="bce"``, ...).
+        callbacks: extra ``transformers.TrainerCallback`` objects (e.g. a time budget).
+        **training_overrides: fields of the training config (``max_steps=10``, ``loss="bce"``, ``epochs=2``, ...).
 
     Returns:
         A :class:`~rag_rerank.train.config.TrainResult`.
     """
     from rag_rerank.train.reranker_trainer import train_reranker
 
+    recipe = get_recipe(recipe)
+    base_model = base_model or recipe.base_model
+    top_k, max_eval_queries = recipe.top_k, recipe.max_eval_queries
     dataset_dir = Path(dataset_dir)
     dataset = load_qa_dataset(dataset_dir)
     index = open_index(dataset, dataset_dir, index_dir, bi_encoder)
-    cfg = replace(training or RerankerTrainingConfig(), **training_overrides)
+    if first_stage:
+        index = index.with_fusion(**first_stage)
+    group_size = training_overrides.get("train_group_size", (training or recipe.training).train_group_size)
     if groups is None:
-        mined = mine_split(dataset, index, "train", mining=mining, group_size=cfg.train_group_size,
+        mined = mine_split(dataset, index, "train", mining=mining or recipe.mining, group_size=group_size,
                            max_queries=max_train_queries, show_progress_bar=show_progress_bar)
         rows = mined.groups
     else:
@@ -228,14 +242,34 @@ def finetune(
         logger.info("training on %d groups given (no mining)", len(rows))
     if not rows:
         raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
+    cfg = _training_config(recipe, training, len(rows), training_overrides)
+    if cfg.warm_start_steps and not all("teacher" in r for r in rows) and index.dense is not None:
+        n = add_teacher_scores(rows, index.dense)
+        logger.info("teacher scores (bi-encoder cosine) for %d of %d groups, for the warm start", n, len(rows))
     val = validation_run(dataset, index, "validation", top_k=top_k, max_queries=max_eval_queries)
-    samples = samples_from_run(*val, top_k=top_k)
+    samples = samples_from_run(*val, top_k=top_k)[: recipe.checkpoint_eval_queries]
     if not samples:
         logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
     write_jsonl(Path(out_dir) / "train_groups.jsonl", rows)
     result = train_reranker(base_model, rows, out_dir=out_dir, config=cfg, eval_samples=samples or None,
-                            command=command)
+                            command=command, callbacks=callbacks)
     if samples and fusion:
-        choice = choose_fusion(out_dir, *val, top_k=top_k, show_progress_bar=show_progress_bar)
-        result = replace(result, fusion_alpha=choice.alpha)
+        choice = choose_fusion(out_dir, *val, top_k=top_k, min_queries=recipe.min_val_queries, first_stage=first_stage,
+                               show_progress_bar=show_progress_bar)
+        result = replace(result, fusion_alpha=choice.alpha, fusion=choice,
+                         shipped_verdict=choice.verdict(TUNED if first_stage else "hybrid"))
     return result
+
+
+def _training_config(recipe: Recipe, training: RerankerTrainingConfig | None, n_groups: int,
+                     overrides: dict[str, Any]) -> RerankerTrainingConfig:
+    """The training config: ``training`` as given, else the recipe's sized to ``n_groups``; then the overrides.
+
+    An ``epochs`` override without ``max_steps`` trains that many epochs (no recipe floor or cap).
+    """
+    if training is not None:
+        return replace(training, **overrides)
+    cfg = recipe.training_config(n_groups, overrides.get("max_steps"))
+    if "epochs" in overrides and "max_steps" not in overrides:
+        cfg = replace(cfg, max_steps=None, eval_steps=None)
+    return replace(cfg, **overrides)

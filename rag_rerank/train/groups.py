@@ -16,7 +16,7 @@ from rag_rerank.types import Corpus, Qrels, Queries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_groups", "load_chunk_meta", "to_pairs"]
+__all__ = ["add_teacher_scores", "build_groups", "load_chunk_meta", "to_pairs"]
 
 
 def load_chunk_meta(corpus_jsonl_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -78,7 +78,8 @@ def build_groups(
     queries: Queries, qrels: Qrels, negatives: Mapping[str, list[str]], corpus: Corpus, group_size: int = 8,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Listwise training rows ``{"query", "positive", "negatives": [group_size - 1 texts]}``.
+    """Listwise training rows ``{"query", "positive", "negatives": [group_size - 1 texts]}``, with the ids they
+    come from (``query_id``, ``positive_id``, ``negative_ids``).
 
     One row per (query, positive), in qrels order; the mined negatives come first, and a short list
     is padded with random corpus chunks (not positives; seeded per query and positive). Queries
@@ -112,7 +113,8 @@ def build_groups(
                 short += 1
                 continue
             rows.append({"query": queries[q], "positive": _text(corpus, pos, "positive"),
-                         "negatives": [_text(corpus, d, "negative") for d in negs]})
+                         "negatives": [_text(corpus, d, "negative") for d in negs],
+                         "query_id": q, "positive_id": pos, "negative_ids": list(negs)})
     if short:
         logger.warning("skipped %d groups: the corpus has too few chunks for group_size=%d", short, group_size)
     return rows
@@ -141,3 +143,27 @@ def to_pairs(
         rows += [{"query": queries[q], "text": _text(corpus, d, "positive"), "label": 1.0} for d in positives]
         rows += [{"query": queries[q], "text": _text(corpus, d, "negative"), "label": 0.0} for d in negs]
     return rows
+
+
+def add_teacher_scores(rows: list[dict[str, Any]], dense: Any, batch_size: int = 64) -> int:
+    """Add ``teacher``: the bi-encoder's cosine of the query with ``[positive, *negatives]``, to each row in place.
+
+    ``dense`` is the first stage's :class:`~rag_rerank.retrieval.dense.DenseRetriever` (its indexed vectors are the
+    documents'; the queries are encoded here). Rows without ids (written before ids were recorded) are left as
+    they are. Returns the number of rows scored.
+
+    Example:
+        >>> add_teacher_scores(rows, load_index("idx").dense)  # doctest: +SKIP
+    """
+    import numpy as np
+
+    todo = [r for r in rows if "query_id" in r and "positive_id" in r and "negative_ids" in r]
+    if not todo:
+        return 0
+    row_of = {d: i for i, d in enumerate(dense.doc_ids)}
+    vectors = dense.vectors()
+    queries = dense.encode([r["query"] for r in todo], show_progress_bar=False)
+    for r, qv in zip(todo, queries, strict=True):
+        ids = [r["positive_id"], *r["negative_ids"]]
+        r["teacher"] = [float(np.dot(qv, vectors[row_of[d]])) for d in ids]
+    return len(todo)

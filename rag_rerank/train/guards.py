@@ -34,9 +34,19 @@ from rag_rerank.errors import DataError, RagRerankError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LEVERS", "NonFiniteLossCallback", "SanityGateCallback", "TrainingCollapsedError", "TrainingDivergedError",
-    "checkpoint_bytes", "constant_bce_loss", "model_bytes", "preflight", "verdict_for",
+    "LEVERS", "DeadlineCallback", "NonFiniteLossCallback", "SanityGateCallback", "TrainingCollapsedError",
+    "TrainingDivergedError", "checkpoint_bytes", "constant_bce_loss", "model_bytes", "preflight", "quiet",
+    "verdict_for",
 ]
+
+
+def quiet(trainer: Any) -> Any:
+    """``trainer`` without transformers' ``PrinterCallback``, which prints every log dict to stdout when the progress
+    bar is off (library code does not print; the losses still reach the model card and ``trainer.state``)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 class TrainingDivergedError(RagRerankError):
@@ -90,6 +100,30 @@ def preflight(out_dir: str | os.PathLike, *, model_bytes: int, rows: int, keep_c
         )
     logger.info("preflight ok: %s writable, %.1f GB free, %.2f GB needed", out, free / 1e9, need / 1e9)
     return {"out_dir": str(out), "free_bytes": free, "need_bytes": need}
+
+
+class DeadlineCallback(TrainerCallback):
+    """Stop training when the wall clock passes ``deadline`` (``time.time()`` seconds): a time budget.
+
+    The trainer then keeps the best evaluated checkpoint (``load_best_model_at_end``), so the run ends with a usable
+    model rather than none.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired_at: int | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        import time
+
+        if time.time() >= self.deadline and self.fired_at is None:
+            self.fired_at = int(state.global_step)
+            logger.warning("time budget spent at step %d: stopping training with the best checkpoint so far",
+                           self.fired_at)
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
 
 
 class NonFiniteLossCallback(TrainerCallback):

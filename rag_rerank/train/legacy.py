@@ -16,6 +16,7 @@ from torch import nn
 from transformers import TrainerCallback as TrainerCallbackBase
 
 from rag_rerank.errors import DataError
+from rag_rerank.train.guards import quiet
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -124,6 +125,6 @@ def legacy_fit(
             dataloader_pin_memory=torch.cuda.is_available(), logging_steps=max(1, len(examples) // 50),
         )
         cb = _LegacyEvalCallback(model, evaluator, output_path, evaluation_steps, save_best_model, callback)
-        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss,
-                                      callbacks=[cb])
+        trainer = quiet(CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data), loss=loss,
+                                            callbacks=[cb]))
         trainer.train()

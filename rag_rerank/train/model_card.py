@@ -108,3 +108,21 @@ def write_model_card(out_dir: str | Path, text: str) -> Path:
     with atomic_write(path) as f:
         f.write(text)
     return path
+
+
+SHIPPED_MARK = "**Shipped system:"
+
+
+def set_shipped_verdict(out_dir: str | Path, verdict: str) -> Path | None:
+    """Put the shipped system's verdict (after the fusion choice) first in the model card; the training verdict
+    (the reranker alone) stays below it. Returns the card's path, or ``None`` when the folder has no card."""
+    path = Path(out_dir) / "README.md"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith(SHIPPED_MARK)]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("**Verdict:")), 1)
+    lines[at:at] = [f"{SHIPPED_MARK} {verdict}**", ""]
+    lines = [ln.replace("**Verdict:", "**Reranker alone:", 1) if ln.startswith("**Verdict:") else ln for ln in lines]
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
+    return path

@@ -12,13 +12,14 @@ Scores: the saved model is a ``num_labels=1`` sequence classifier. ``CrossEncode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import random
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from torch import nn
 from transformers import TrainerCallback as TrainerCallbackBase
 
 from rag_rerank.errors import ConfigError, DataError, RagRerankError
+from rag_rerank.rerank.windows import query_budget, truncate_query
 from rag_rerank.train.config import (
     HEAD_PARAM_PATTERN,
     RerankerTrainingConfig,
@@ -42,10 +44,12 @@ from rag_rerank.train.guards import (
     constant_bce_loss,
     model_bytes,
     preflight,
+    quiet,
     verdict_for,
 )
 from rag_rerank.train.losses import GroupSoftmaxLoss
 from rag_rerank.train.model_card import render_model_card, write_model_card
+from rag_rerank.train.warm_start import warm_start
 
 if TYPE_CHECKING:
     from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
@@ -55,11 +59,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["train_reranker"]
 
 
-def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) -> tuple[dict[str, list[str]], int]:
-    """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1)."""
+def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int,
+                   teacher: bool = False) -> tuple[dict[str, list[Any]], int]:
+    """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1); with ``teacher``, also a
+    ``label`` column: the rows' teacher scores ``[positive, negative_1..k]``, aligned with the sampled negatives."""
     rng = random.Random(seed)
     k = group_size - 1
-    cols: dict[str, list[str]] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}}
+    cols: dict[str, list[Any]] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}}
+    if teacher:
+        cols["label"] = []
     dropped = 0
     for i, row in enumerate(rows):
         if "query" not in row or "positive" not in row:
@@ -69,11 +77,15 @@ def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) -
         if not negs:
             dropped += 1
             continue
-        picked = rng.sample(negs, k) if len(negs) >= k else negs + rng.choices(negs, k=k - len(negs))
+        idx = list(range(len(negs)))
+        picked = rng.sample(idx, k) if len(negs) >= k else idx + rng.choices(idx, k=k - len(negs))
         cols["query"].append(row["query"])
         cols["positive"].append(row["positive"])
         for j, n in enumerate(picked):
-            cols[f"negative_{j + 1}"].append(n)
+            cols[f"negative_{j + 1}"].append(negs[n])
+        if teacher:
+            scores = row["teacher"]
+            cols["label"].append([float(scores[0])] + [float(scores[1 + n]) for n in picked])
     return cols, dropped
 
 
@@ -152,6 +164,11 @@ def _best_eval(trainer: Any, evaluator: Any, keys: set[str]) -> dict[str, float]
     return {}
 
 
+def _query_cutter(tok: Any, budget: int) -> Callable[[str], str]:
+    """Cut queries to ``budget`` tokens, as the served :class:`rag_rerank.rerank.Reranker` does (cached)."""
+    return functools.lru_cache(maxsize=None)(lambda q: truncate_query(tok, q, budget))
+
+
 def train_reranker(
     base_model: str,
     train_groups: Sequence[dict[str, Any]],
@@ -213,12 +230,25 @@ def train_reranker(
                         "mine negatives first (rag-rerank mine)")
     if dropped:
         logger.warning("dropped %d of %d rows with no negatives", dropped, len(train_groups))
-    dataset = Dataset.from_dict(columns)
-    n_rows = len(dataset)
-
     model = load_cross_encoder(base_model, max_length=cfg.max_length)
     if model.num_labels != 1:
         raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
+    budget = query_budget(cfg.max_length)
+    cut = _query_cutter(model.tokenizer, budget)
+    cut_queries = [cut(q) for q in columns["query"]]
+    n_cut = sum(a != b for a, b in zip(cut_queries, columns["query"], strict=True))
+    if n_cut:
+        logger.info("cut %d of %d training queries to %d tokens (max_query_tokens)", n_cut, len(cut_queries), budget)
+    columns["query"] = cut_queries
+    dataset = Dataset.from_dict(columns)
+    n_rows = len(dataset)
+    head_lr = resolve_head_learning_rate(cfg.head_learning_rate, base_model)
+    warm: dict[str, Any] = {}
+    if cfg.warm_start_steps and _resume_point(cfg.resume_from_checkpoint, out / "checkpoints") is None:
+        columns_w, _ = _group_columns(list(train_groups), cfg.train_group_size, cfg.seed,
+                                      teacher=all("teacher" in r for r in train_groups))
+        columns_w["query"] = [cut(q) for q in columns_w["query"]]
+        warm = warm_start(model, columns_w, cfg, head_lr)
     if cfg.loss == "listwise":
         loss: nn.Module = GroupSoftmaxLoss(model)
         loss_floor = math.log(cfg.train_group_size)
@@ -235,7 +265,6 @@ def train_reranker(
     saves = math.ceil(total / eval_steps) if cfg.keep_checkpoints else 2  # checkpoints on disk at once
     preflight(out, model_bytes=model_bytes(model), rows=n_rows, keep_checkpoints=saves)
     head_params = [n for n, _ in loss.named_parameters() if re.search(HEAD_PARAM_PATTERN, n)]
-    head_lr = resolve_head_learning_rate(cfg.head_learning_rate, base_model)
     lr_mapping = {HEAD_PARAM_PATTERN: head_lr} if head_lr is not None else {}
     if lr_mapping and not head_params:
         logger.warning("no head parameters match %s in %s; using one learning rate", HEAD_PARAM_PATTERN, base_model)
@@ -293,10 +322,10 @@ def train_reranker(
     logger.info("training %s on %d rows (%s loss, group %d, %d steps, head lr %s)", base_model, n_rows,
                 cfg.loss, cfg.train_group_size, total, head_lr)
     t0 = time.perf_counter()
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                  evaluator=evaluator, callbacks=cbs)
+    trainer = quiet(CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                        evaluator=evaluator, callbacks=cbs))
     trainer.train(resume_from_checkpoint=_resume_point(cfg.resume_from_checkpoint, out / "checkpoints"))
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 + warm.get("seconds", 0.0)
     if nonfinite.fired:
         raise TrainingDivergedError(nonfinite.message(f"training {base_model}") +
                                     f"\n(checkpoints before the divergence, if any, are in {out / 'checkpoints'})")
@@ -313,7 +342,8 @@ def train_reranker(
     (logger.info if improved else logger.warning)("VERDICT: %s", verdict)
     summary = {"rows": len(train_groups), "used_rows": n_rows, "dropped_no_negatives": dropped,
                "loss": cfg.loss, "train_group_size": cfg.train_group_size,
-               "eval_queries": len(eval_samples) if eval_samples else None, "head_params": head_params}
+               "eval_queries": len(eval_samples) if eval_samples else None, "head_params": head_params,
+               "warm_start": warm or None, "queries_cut": n_cut, "max_query_tokens": budget}
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
     write_model_card(out, render_model_card(
         base_model=base_model, data_summary=summary, config=dataclasses.replace(cfg, head_learning_rate=head_lr),

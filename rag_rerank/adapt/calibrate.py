@@ -1,0 +1,64 @@
+"""Throughput measured on this machine, for ``adapt --budget-minutes``: seconds per chunk and per training step.
+
+Both measurements do real work with the run's own settings: the chunks asked are the first of the seeded subset the
+run asks anyway (subsets are nested, so they are not asked again), and the training steps are the recipe's
+(base model, batch, group size, max_length) on groups built from the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rag_rerank.train.recipes import Recipe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["measure_chunks", "measure_step"]
+
+
+def measure_chunks(docs_dir: Any, dataset_dir: Path, recipe: Recipe, llm: str, base_url: str | None, n: int,
+                   seed: int, query_examples: Any = None) -> float:
+    """Seconds per chunk of generating the first ``n`` chunks of the run's subset into ``dataset_dir``."""
+    from rag_rerank.generate.dataset import create_qa_dataset
+
+    start = time.perf_counter()
+    create_qa_dataset(docs_dir, dataset_dir, llm=llm, base_url=base_url, seed=seed, max_chunks=n,
+                      show_progress_bar=False, retry_failed=False, query_examples=query_examples,
+                      **recipe.generation.kwargs())
+    return (time.perf_counter() - start) / max(n, 1)
+
+
+def measure_step(base_model: str, recipe: Recipe, texts: Sequence[str], steps: int = 2) -> float:
+    """Seconds per optimiser step of the recipe's reranker training (after one warm-up step)."""
+    import torch
+
+    from rag_rerank.models import load_cross_encoder
+    from rag_rerank.train.losses import GroupSoftmaxLoss
+
+    t = recipe.training
+    model = load_cross_encoder(base_model, max_length=t.max_length, device="cpu")
+    model.train()
+    loss_fn = GroupSoftmaxLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
+    texts = [x for x in texts if x.strip()] or ["a passage"]
+    k = t.train_group_size
+
+    def batch(i: int) -> list[list[str]]:
+        rows = [texts[(i * t.batch_size + b) % len(texts)] for b in range(t.batch_size)]
+        cols = [[" ".join(r.split()[:12]) for r in rows], rows]
+        cols += [[texts[(i + j + b + 1) % len(texts)] for b in range(t.batch_size)] for j in range(k - 1)]
+        return cols
+
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(batch(i)).backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    logger.info("measured %.2f s per training step", sum(times[1:]) / steps)
+    return sum(times[1:]) / steps

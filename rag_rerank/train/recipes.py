@@ -1,0 +1,169 @@
+"""Recipes: every setting of the adaptation chain in one frozen, named object.
+
+``rag-rerank adapt``, ``rag-rerank train``, ``rag-rerank demo``, the notebook and ``pipelines/quality_benchmark.py``
+all take their settings from here, and nothing else keeps a copy. ``rag-rerank recipe show [NAME]`` prints one as
+JSON, and every result file records the recipe it ran (``settings.recipe``).
+
+Training length scales with the data: ``epochs`` over the training questions, with a floor (``min_steps``, so a
+small corpus still trains) and a cap (``max_steps``, so a large one stays within a CPU budget); the number of
+evaluations (checkpoint choices) is fixed, so their spacing scales too.
+
+Example:
+    >>> get_recipe("default").training.loss
+    'listwise'
+    >>> get_recipe("default").steps_for(2581)
+    323
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from rag_rerank.errors import ConfigError
+from rag_rerank.train.config import RerankerTrainingConfig
+from rag_rerank.train.mining import MiningConfig
+
+__all__ = ["RECIPES", "FirstStageSettings", "GenerationSettings", "Recipe", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How questions are written (see :func:`rag_rerank.create_qa_dataset`)."""
+
+    questions_per_chunk: int = 2
+    chunk_tokens: int = 256
+    temperature: float = 0.2
+    rounds: int = 2
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def kwargs(self) -> dict[str, Any]:
+        """These settings as :func:`rag_rerank.create_qa_dataset` keyword arguments."""
+        return {"questions_per_chunk": self.questions_per_chunk, "chunk_tokens": self.chunk_tokens,
+                "temperature": self.temperature, "rounds": self.rounds, "split_ratios": self.split_ratios}
+
+
+@dataclass(frozen=True)
+class FirstStageSettings:
+    """How the first stage is tuned on synthetic validation before any training.
+
+    Attributes:
+        tune: choose the hybrid's fusion (RRF, or a weighted sum of z-scored or min-max scores, and its weights) on
+            validation; ``False`` keeps the RRF default.
+        bm25_weights: the BM25 weights tried for the weighted fusions (the dense weight is ``1 - w``).
+        norms: the normalisations tried for the weighted fusions.
+        min_queries: with fewer validation questions the default (RRF) is kept.
+    """
+
+    tune: bool = True
+    bm25_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    norms: tuple[str, ...] = ("zscore", "minmax")
+    min_queries: int = 50
+
+
+@dataclass(frozen=True)
+class BiEncoderSettings:
+    """The optional bi-encoder stage (MNRL with one mined hard negative), kept only if it helps on validation."""
+
+    enabled: bool = False
+    epochs: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every training and mining default of the chain.
+
+    Attributes:
+        name: the recipe's name (``rag-rerank adapt --recipe NAME``).
+        description: one line on what it is for.
+        base_model: the reranker to start from.
+        bi_encoder: the first stage's bi-encoder.
+        generation, first_stage, bi_encoder_stage, mining, training: each stage's settings.
+        epochs, min_steps, max_steps: training length (see the module docstring); ``training.max_steps`` is
+            ignored, the length is computed per run by :meth:`steps_for`.
+        evaluations: checkpoint evaluations per run (the best is kept).
+        top_k: first-stage candidates the reranker reorders (validation, fusion, reports, serving).
+        max_eval_queries: validation questions used to choose the fusion weight (``None``: all).
+        checkpoint_eval_queries: validation questions each checkpoint evaluation scores (a fixed subset of the
+            ones above; ``None``: all). Each costs ``top_k`` pairs per evaluation, so this bounds evaluation time.
+        min_val_queries: fewer validation questions than this and the reranker is not trusted (alpha 0).
+    """
+
+    name: str
+    description: str = ""
+    base_model: str = "embedded:minilm-ce"
+    bi_encoder: str = "embedded:minilm"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    first_stage: FirstStageSettings = field(default_factory=FirstStageSettings)
+    bi_encoder_stage: BiEncoderSettings = field(default_factory=BiEncoderSettings)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    training: RerankerTrainingConfig = field(default_factory=RerankerTrainingConfig)
+    epochs: float = 1.0
+    min_steps: int = 60
+    max_steps: int = 640
+    evaluations: int = 4
+    top_k: int = 20
+    max_eval_queries: int | None = None
+    checkpoint_eval_queries: int | None = 200
+    min_val_queries: int = 50
+
+    def steps_for(self, n_groups: int) -> int:
+        """Optimiser steps for ``n_groups`` training groups: ``epochs`` passes, within ``[min_steps, max_steps]``."""
+        per_epoch = math.ceil(max(n_groups, 1) / self.training.batch_size)
+        return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * per_epoch))))
+
+    def training_config(self, n_groups: int, max_steps: int | None = None) -> RerankerTrainingConfig:
+        """The training settings for a run on ``n_groups`` groups (``max_steps`` caps it further, for small runs)."""
+        steps = self.steps_for(n_groups) if max_steps is None else min(max_steps, self.steps_for(n_groups))
+        return replace(self.training, max_steps=steps, eval_steps=max(1, math.ceil(steps / self.evaluations)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (what ``recipe show`` prints and result files record)."""
+        data = asdict(self)
+        data["generation"]["split_ratios"] = list(self.generation.split_ratios)
+        data["first_stage"]["bm25_weights"] = list(self.first_stage.bm25_weights)
+        data["first_stage"]["norms"] = list(self.first_stage.norms)
+        return data
+
+
+_V1_TRAINING = RerankerTrainingConfig(
+    loss="listwise", learning_rate=5e-5, head_learning_rate="auto", warmup_ratio=0.1,
+    lr_scheduler="warmup_stable_decay", decay_ratio=0.25, batch_size=8, train_group_size=5, max_length=192,
+    seed=42, keep_checkpoints=True, sanity_gate="warn",
+)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r for r in (
+        Recipe(
+            name="default",
+            description="Tuned first stage; listwise reranker fine-tuning for about one epoch, fused at the weight "
+                        "chosen on validation when it helps.",
+            training=_V1_TRAINING,
+            epochs=1.0, min_steps=60, max_steps=640, evaluations=4,
+        ),
+        Recipe(
+            name="v1",
+            description="The 0.1 headline recipe (the benchmark script before adapt): RRF first stage, 640 "
+                        "steps, warmup-stable-decay; kept to compare against.",
+            first_stage=FirstStageSettings(tune=False),
+            training=_V1_TRAINING,
+            epochs=2.0, min_steps=640, max_steps=640, evaluations=4, checkpoint_eval_queries=None,
+        ),
+    )
+}
+
+
+def get_recipe(name: str | Recipe = "default") -> Recipe:
+    """The named recipe (a :class:`Recipe` is returned as it is).
+
+    Raises:
+        ConfigError: for an unknown name, listing the known ones.
+    """
+    if isinstance(name, Recipe):
+        return name
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; use one of {sorted(RECIPES)} (rag-rerank recipe show NAME)")
+    return RECIPES[name]

@@ -1,0 +1,195 @@
+"""``adapt``: the whole chain, resumable, refusing bad input, and shipping (and saying) what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+import rag_rerank as rr
+from rag_rerank.cli import main
+from rag_rerank.data import SAMPLE_DOCS
+from rag_rerank.errors import DataError, RagRerankError
+from rag_rerank.rerank.fusion import TUNED, load_fusion
+from rag_rerank.train.recipes import RECIPES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openai_stub_server import StubOpenAIServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _two_docs(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Geology.md", "Black_Death.txt"):
+        (folder / name).write_text((SAMPLE_DOCS / name).read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stub() -> StubOpenAIServer:
+    with StubOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, stub: StubOpenAIServer, tiny_cross_encoder_dir: Path,
+        tiny_bi_encoder_dir: Path) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("adapt")
+    lines: list[str] = []
+    result = rr.adapt(_two_docs(root / "docs"), root / "run", llm="openai:stub", base_url=stub.base_url,
+                      base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=12,
+                      max_steps=8, echo=lines.append)
+    return SimpleNamespace(**vars(result), lines=lines)
+
+
+def test_the_run_folder_holds_everything_and_the_model_loads_everywhere(run) -> None:
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification
+
+    for name in ("dataset/manifest.json", "index/config.json", "reranker/fusion.json", "reranker/README.md",
+                 "report/report.json", "report/report.md", "summary.json", "run.json", "plan.json"):
+        assert (run.run_dir / name).is_file(), name
+    assert CrossEncoder(str(run.reranker_dir), device="cpu").predict([("q", "d")]).shape == (1,)
+    assert AutoModelForSequenceClassification.from_pretrained(str(run.reranker_dir)).config.num_labels == 1
+    assert any(line.startswith("plan:") for line in run.lines)  # the plan comes first
+    assert run.lines[0].startswith("plan:")
+
+
+def test_the_report_ships_and_measures_one_of_its_systems_against_the_tuned_first_stage(run) -> None:
+    report = json.loads((run.report_dir / "report.json").read_text())
+    shipped = report["shipped_system"]
+    assert shipped == run.shipped_system and shipped in report["systems"]
+    assert next(iter(report["systems"])) == shipped  # listed first
+    assert TUNED in report["systems"] and "hybrid" in report["systems"]
+    assert f"{shipped}_vs_{TUNED}" in report["delta"] and f"{shipped}_vs_hybrid" in report["delta"]
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["shipped_system"] == shipped and summary["test"]["shipped_vs_first_stage"] is not None
+
+
+def test_the_verdict_is_the_same_everywhere_and_never_improved_without_a_significant_gain(run) -> None:
+    fusion = load_fusion(run.reranker_dir)
+    summary = json.loads(run.summary_path.read_text())
+    card = (run.reranker_dir / "README.md").read_text()
+    assert run.verdict == summary["verdict"] == fusion.verdict(TUNED)
+    assert f"**Shipped system: {run.verdict}**" in card
+    assert any(line == f"\nVERDICT (validation): {run.verdict}" for line in run.lines)
+    if run.verdict.startswith("IMPROVED"):
+        assert fusion.gain_ci95[0] > 0 and run.alpha > 0
+    else:
+        assert run.alpha == 0.0 and run.shipped_system == TUNED
+    # 12 chunks give far fewer than 50 validation questions: the reranker cannot be trusted
+    assert fusion.queries < 50 and run.verdict.startswith("NOT ENOUGH VALIDATION DATA")
+
+
+def test_a_rerun_resumes_without_redoing_anything(run, stub: StubOpenAIServer, tiny_cross_encoder_dir: Path,
+                                                   tiny_bi_encoder_dir: Path) -> None:
+    before = stub.n_requests
+    lines: list[str] = []
+    again = rr.adapt(run.run_dir.parent / "docs", run.run_dir, llm="openai:stub", base_url=stub.base_url,
+                     base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=12,
+                     max_steps=8, echo=lines.append)
+    assert stub.n_requests == before  # no question asked again
+    assert sum("done earlier" in line for line in lines) == 7 and again.verdict == run.verdict
+
+
+def test_another_recipe_or_setting_is_refused_and_nothing_is_lost(run, stub: StubOpenAIServer,
+                                                                  tiny_cross_encoder_dir: Path) -> None:
+    stamp = (run.reranker_dir / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(RagRerankError, match="other settings.*recipe"):
+        rr.adapt(run.run_dir.parent / "docs", run.run_dir, recipe="v1", llm="openai:stub", base_url=stub.base_url,
+                 base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=8)
+    with pytest.raises(RagRerankError, match="max_steps"):
+        rr.adapt(run.run_dir.parent / "docs", run.run_dir, llm="openai:stub", base_url=stub.base_url,
+                 base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=9)
+    assert (run.reranker_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("kind", ["empty", "unsupported", "missing"])
+def test_bad_folders_fail_with_one_line_and_write_nothing(tmp_path: Path, kind: str) -> None:
+    docs = tmp_path / "docs"
+    if kind != "missing":
+        docs.mkdir()
+    if kind == "unsupported":
+        (docs / "table.xlsx").write_bytes(b"PK\x03\x04 not a document")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["adapt", str(docs), "--out", str(out)])
+    assert result.exit_code != 0 and result.output.count("Error:") == 1 and "Traceback" not in result.output
+    assert str(docs) in result.output and not out.exists()
+    with pytest.raises(DataError):
+        rr.adapt(docs, out)
+
+
+def test_an_unwritable_or_foreign_out_is_refused(tmp_path: Path) -> None:
+    docs = _two_docs(tmp_path / "docs")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(main, ["adapt", str(docs), "--out", str(blocker / "run")])
+    assert result.exit_code != 0 and "cannot be written" in result.output and "Traceback" not in result.output
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["adapt", str(docs), "--out", str(foreign)])
+    assert result.exit_code != 0 and "not an adapt run folder" in result.output
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_recipe_show_prints_the_resolved_recipe_and_the_cli_defaults_are_the_recipes() -> None:
+    from click.core import ParameterSource  # noqa: F401 - the CLI uses it to tell given options from defaults
+
+    from rag_rerank.cli.training import mine_cmd, train_cmd
+
+    shown = json.loads(CliRunner().invoke(main, ["recipe", "show"]).output)
+    assert shown == RECIPES["default"].to_dict()
+    assert json.loads(CliRunner().invoke(main, ["recipe", "show", "v1"]).output)["first_stage"]["tune"] is False
+    r = RECIPES["default"]
+    defaults = {p.name: p.default for p in train_cmd.params}
+    assert defaults["loss"] == r.training.loss and defaults["group_size"] == r.training.train_group_size
+    assert defaults["sanity_gate"] == r.training.sanity_gate and defaults["recipe"] == "default"
+    assert defaults["rank_min"] == r.mining.rank_min and defaults["rank_max"] == r.mining.rank_max
+    assert defaults["num_negatives"] == r.mining.num_negatives and defaults["num_random"] == r.mining.num_random
+    assert defaults["relative_margin"] == r.mining.relative_margin
+    assert defaults["neighbors"] == r.mining.exclude_same_doc_neighbors
+    assert {p.name: p.default for p in mine_cmd.params}["group_size"] == r.training.train_group_size
+
+
+def test_readme_python_example_runs(tmp_path: Path, stub: StubOpenAIServer, tiny_cross_encoder_dir: Path,
+                                    tiny_bi_encoder_dir: Path) -> None:
+    """The README's first Python block, run as written, with adapt's model and LLM defaults set to tiny ones."""
+    import functools
+    import types
+
+    block = (REPO / "README.md").read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) <= 5
+    _two_docs(tmp_path / "docs")
+    tiny = types.SimpleNamespace(**{n: getattr(rr, n) for n in rr.__all__ if n != "__version__"})
+    tiny.adapt = functools.partial(rr.adapt, llm="openai:stub", base_url=stub.base_url, max_chunks=6, max_steps=2,
+                                   base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        namespace: dict = {"rr": tiny}
+        exec(block.replace("import rag_rerank as rr\n", ""), namespace)  # noqa: S102 - the README's own code
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "runs" / "mydocs" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_adapt_two_sample_documents_offline_with_the_embedded_models(tmp_path: Path) -> None:
+    """The issue's bar: offline, embedded models, 12 chunks, 8 steps; loads in ST and HF; a shipped system."""
+    docs = _two_docs(tmp_path / "docs")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "rag_rerank", "adapt", str(docs), "--out", str(out),
+                           "--max-chunks", "12", "--max-steps", "8"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["shipped_system"] in report["systems"] and TUNED in report["systems"]
+    assert f"{report['shipped_system']}_vs_{TUNED}" in report["delta"]
+    assert "VERDICT (validation):" in proc.stderr and "shipped system:" in proc.stdout

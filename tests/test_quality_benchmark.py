@@ -1,0 +1,62 @@
+"""The headline chain (pipelines/quality_benchmark.py --quick): embedded LLM -> bi-encoder -> reranker -> report.
+
+Checks the chain runs end to end on a small SQuAD slice and writes the documented result shape; the scores
+of so small a run mean nothing and are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("xllamacpp")
+    out = tmp_path / "headline.json"
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "quality_benchmark.py"), "--quick", "--data",
+                           str(squad_beir), "--work", str(tmp_path / "work"), "--out", str(out),
+                           "--n-resamples", "300"], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["queries"] == 40 and "quality_benchmark.py --quick" in res["command"]
+    headline = res["headline_system"]
+    assert headline in res["systems"] and next(iter(res["systems"])) == headline  # the shipped system, first
+    assert {"bm25", "dense", "hybrid", "first_stage_tuned", "first_stage_tuned+reranker"} <= set(res["systems"])
+    for base in ("hybrid", "first_stage_tuned"):
+        d = res["delta"][f"{headline}_vs_{base}"]
+        assert {"mrr@10", "ndcg@10", "recall@100", "ci95", "p"} <= set(d)
+        assert d["ci95"][0] <= d["mrr@10"] <= d["ci95"][1]
+    assert res["settings"]["recipe"]["name"] == "default" and res["data"]["kept"] > 0
+    assert res["synthetic_test"]["queries"] > 0
+    assert (tmp_path / "work" / "default" / "reranker" / "fusion.json").is_file()
+    # a rerun resumes: every stage is found done, and the same numbers come out
+    again = subprocess.run([sys.executable, str(REPO / "pipelines" / "quality_benchmark.py"), "--quick", "--data",
+                            str(squad_beir), "--work", str(tmp_path / "work"), "--out", str(out),
+                            "--n-resamples", "300"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(out.read_text())["systems"] == res["systems"]
+    assert "done earlier" in again.stderr
+    curve = res["validation_curve"]
+    assert [r["steps"] for r in curve][-1] == 6.0 and all(0 <= r["MRR@10"] <= 1 for r in curve)
+
+    # the ablation reads the same work folder: one row per kept checkpoint, exactly one of them shipped
+    abl = tmp_path / "ablation.json"
+    cmd = [sys.executable, str(REPO / "pipelines" / "squad_ablation.py"), "--model",
+           f"quick={tmp_path / 'work' / 'default' / 'reranker'}", "--work", str(tmp_path / "work"), "--data",
+           str(squad_beir), "--real-queries", "12", "--val-queries", "8", "--top-k", "5", "--n-resamples", "200",
+           "--out", str(abl)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(abl.read_text())["rows"]
+    assert len(rows) >= 2 and sum(r["shipped"] for r in rows) == 1
+    for r in rows:
+        a = r["synthetic_val"]["chosen_alpha"]
+        fused_real = r["real"]["systems"][f"fused@{a:g}"]["mrr@10"]
+        assert fused_real == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{a:g}"])
