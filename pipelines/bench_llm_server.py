@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from rag_rerank.generate.llm import LLMClient, LLMSettings
 from rag_rerank.generate.prompts import build_messages
 from rag_rerank.generate.server import EmbeddedLLMServer
 from rag_rerank.io import load_corpus, write_json
+from rag_rerank.rerank.backends.auto import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "beir" / "corpus.jsonl"
@@ -148,8 +147,7 @@ def main() -> int:
         result["settings"][name] = row
         print(name, json.dumps(row["slowdown"]), "lone", row["lone_s_per_chunk"], flush=True)
     texts_file.unlink(missing_ok=True)
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    result["machine"] = f"{model}, {os.cpu_count()} cores, {platform.machine()}"
+    result["machine"] = machine_info()
     result["command"] = "python " + " ".join(shlex.quote(a) for a in ["pipelines/bench_llm_server.py", *sys.argv[1:]])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, result)

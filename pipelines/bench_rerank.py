@@ -23,6 +23,10 @@ matches), built once into the rag-rerank cache.
 
 Run:  .venv/bin/python pipelines/bench_rerank.py            (about 10 minutes on a quiet 2-core CPU)
       .venv/bin/python pipelines/bench_rerank.py --minilm-model runs/squad_default/default/reranker --minilm-queries 20
+
+``auto`` is ``Reranker``'s default: it measures the installed backends on a probe of the model's own pairs and
+keeps the fastest at parity; its row says which one it chose (``inference_precision``: "<backend>, <precision>").
+The machine (CPU model, SIMD flags, threads, runtime versions) is recorded with the figures: they hold only there.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.io import load_beir, write_json  # noqa: E402
 from rag_rerank.models import cache_dir, load_cross_encoder, resolve_model_path  # noqa: E402
+from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.backends.base import available_cores, torch_threads
 from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.retrieval import BM25Retriever
@@ -50,10 +55,11 @@ from rag_rerank.retrieval.common import doc_text
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared")) / "data" / "squad" / "beir"
-BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8", "auto")
 CALIBRATION_QUERIES = 16
 BGE_SHAPED_VERSION = "v1"
 logger = logging.getLogger("bench_rerank")
+STUDENT: list[str | None] = [None]  # --student-model, set in main
 
 
 def bge_shaped_model() -> Path:
@@ -111,7 +117,10 @@ def squad_candidates(n_queries: int, top_k: int = 100) -> tuple[list[str], list[
 
 
 def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None):
-    """A ``score(pairs) -> np.ndarray`` for ``backend``, and the inference precision it reports (or None)."""
+    """A ``score(pairs) -> np.ndarray`` for ``backend``, and what it runs as: the inference precision (or None), and
+    for ``auto`` the backend it chose. ``student-<backend>`` scores with ``--student-model`` instead."""
+    if backend.startswith("student-"):
+        backend, model = backend.removeprefix("student-"), STUDENT[0]
     if backend == "st-predict":
         ce = load_cross_encoder(model, device="cpu", max_length=max_length)
 
@@ -123,7 +132,8 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int, calibra
     rr = Reranker(model, backend=backend, device="cpu", max_length=max_length, long_documents="truncate",
                   cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration)
     # OpenVINO reports the precision it really runs at (bf16 only where the CPU has it natively)
-    return rr.predict, rr.effective_precision
+    chose = rr.config.backend if backend == "auto" else None
+    return rr.predict, (f"{chose}, {rr.effective_precision}" if chose else rr.effective_precision)
 
 
 def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int, n_top100: int) -> dict:
@@ -150,9 +160,11 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
                  f"BM25 top-16 of {CALIBRATION_QUERIES} untimed SQuAD queries", "backends": {}}
     top20_scores: dict[str, np.ndarray] = {}
     for backend in args.backends:
+        if backend.startswith("student-") and name != "minilm":
+            continue  # the student belongs to the MiniLM model
         t = time.perf_counter()
         score, precision = make_scorer(backend, model, args.max_length, args.threads,
-                            calibration if backend == "openvino-int8" else None)
+                                       calibration if backend.endswith("openvino-int8") else None)
         load_s = time.perf_counter() - t
         score(lists[0][:4])  # warm-up
         lat: dict[str, list[float]] = {"top20": [], "top100": []}
@@ -203,11 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["minilm", "bge"], choices=["minilm", "bge"])
     parser.add_argument("--minilm-model", default="embedded:minilm-ce",
                         help="the MiniLM-class model: embedded:minilm-ce (untrained head) or a fine-tuned folder")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS),
+                        choices=[*BACKENDS, *(f"student-{b}" for b in BACKENDS[1:])],
+                        help="student-<backend>: the --student-model through that backend, timed and compared "
+                             "with the MiniLM model's fp32 scores (ratios are against its CrossEncoder.predict)")
+    parser.add_argument("--student-model", default=None, help="a distilled student of --minilm-model")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "bench_rerank.json")
     args = parser.parse_args(argv)
+    STUDENT[0] = args.student_model
+    if any(b.startswith("student-") for b in args.backends) and not args.student_model:
+        parser.error("student-* backends need --student-model")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("sentence_transformers", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -218,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "threads": args.threads, "max_length": args.max_length, "gemm_peak_gflops": args.gemm_peak,
-        "load_average_at_start": os.getloadavg(), "models": {},
+        "load_average_at_start": os.getloadavg(), "machine": machine_info(), "models": {},
     }
     if "minilm" in args.models:
         result["models"]["minilm"] = bench_model("minilm", args.minilm_model, args, args.minilm_queries,

@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, read_json, write_json
+from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.store import load_index
 from rag_rerank.train.finetune import samples_from_run, validation_run
 from rag_rerank.train.groups import add_teacher_scores
@@ -114,7 +115,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("synthetic validation MRR@10")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{result['val_queries']} synthetic validation questions; {result['machine']}", fontsize=9)
+    fig.suptitle(f"{result['val_queries']} synthetic validation questions; {result['machine']['cpu']}, "
+                 f"{result['machine']['threads']} threads", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -148,7 +150,7 @@ def main() -> int:
     result = read_json(args.out) if args.out.is_file() else {}
     result.update({"run": str(args.run), "val_queries": len(samples), "first_stage": fs,
                    "first_stage_settings": first_stage, "train_groups": len(rows), "max_steps": args.max_steps,
-                   "eval_every": args.eval_every, "machine": _machine()})
+                   "eval_every": args.eval_every, "machine": machine_info()})
     result.setdefault("variants", {})
     for name in args.variant or list(VARIANTS):
         if name in result["variants"]:
@@ -160,14 +162,6 @@ def main() -> int:
         write_json(args.out, result)
         plot(result, args.out.with_suffix(".png"))
     return 0
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}"
 
 
 if __name__ == "__main__":

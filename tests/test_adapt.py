@@ -108,7 +108,12 @@ def test_another_recipe_or_setting_is_refused_and_nothing_is_lost(run, stub: Stu
     with pytest.raises(RagRerankError, match="max_steps"):
         rr.adapt(run.run_dir.parent / "docs", run.run_dir, llm="openai:stub", base_url=stub.base_url,
                  base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=9)
+    with pytest.raises(RagRerankError, match="distill"):
+        rr.adapt(run.run_dir.parent / "docs", run.run_dir, llm="openai:stub", base_url=stub.base_url,
+                 base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=8, distill=1)
     assert (run.reranker_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    # the reranker was not trusted (too little validation data): nothing is distilled, and nothing says otherwise
+    assert json.loads(run.summary_path.read_text())["student"] == {} and not (run.run_dir / "student").exists()
 
 
 @pytest.mark.parametrize("kind", ["empty", "unsupported", "missing"])
@@ -138,6 +143,28 @@ def test_an_unwritable_or_foreign_out_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["adapt", str(docs), "--out", str(foreign)])
     assert result.exit_code != 0 and "not an adapt run folder" in result.output
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def _results_with_a_recipe() -> list[str]:
+    """Committed results written by a run that records its recipe (quality_benchmark.py, adapt reports)."""
+    found = []
+    for path in sorted((REPO / "pipelines" / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        runs = data["runs"].values() if isinstance(data.get("runs"), dict) else [data]
+        if any(isinstance(r, dict) and "recipe" in (r.get("settings") or {}) for r in runs):
+            found.append(path.name)
+    return found
+
+
+@pytest.mark.parametrize("result", _results_with_a_recipe())
+def test_the_committed_results_ran_the_recipe_that_recipe_show_prints(result: str) -> None:
+    """What `rag-rerank recipe show NAME` prints is what produced the committed quality results, field for field."""
+    data = json.loads((REPO / "pipelines" / "results" / result).read_text())
+    runs = data["runs"].values() if "runs" in data else [data]
+    for res in runs:
+        recipe = res["settings"]["recipe"]
+        shown = json.loads(CliRunner().invoke(main, ["recipe", "show", recipe["name"]]).output)
+        assert shown == recipe, f"{result}: re-run `{data['command']}` after changing the recipe"
 
 
 def test_recipe_show_prints_the_resolved_recipe_and_the_cli_defaults_are_the_recipes() -> None:

@@ -181,7 +181,8 @@ def test_the_wheel_carries_the_sample_docs_and_demo_defaults_to_them(tmp_path: P
                    check=True, timeout=600, capture_output=True)
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     help_text = subprocess.run([sys.executable, "-m", "rag_rerank", "demo", "--help"], capture_output=True,
-                               text=True, env=env, timeout=120, check=True).stdout
+                               text=True, env=env, timeout=120, check=True,
+                               cwd=tmp_path).stdout  # not the repo: `-m` puts the working folder first on sys.path
     default = help_text.split("[default:")[1].split("]")[0].strip()
     docs = Path(" ".join(default.split()))  # click wraps long defaults over lines
     assert docs.is_dir() and (docs / "Geology.md").is_file()
