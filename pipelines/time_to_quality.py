@@ -78,7 +78,7 @@ def run_variant(name: str, rows: list[dict], samples: list[dict], n_groups: int,
     res = train_reranker(recipe.base_model, rows, out_dir=args.work / name, config=cfg, eval_samples=samples,
                          callbacks=[clock], command="pipelines/time_to_quality.py")
     warm = (res.data_summary.get("warm_start") or {}).get("seconds", 0.0)
-    curve = [{"step": 0, "train_s": 0.0, "wall_s": warm, "mrr@10": res.eval_before.get("val_mrr@10")}]
+    curve = [{"step": 0, "train_s": warm, "wall_s": warm, "mrr@10": res.eval_before.get("val_mrr@10")}]
     csv = args.work / name / "eval" / "reranking_evaluation_val_results@10.csv"
     import csv as csvlib
 

@@ -167,6 +167,14 @@ def test_the_committed_results_ran_the_recipe_that_recipe_show_prints(result: st
         assert shown == recipe, f"{result}: re-run `{data['command']}` after changing the recipe"
 
 
+def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_training() -> None:
+    default, v1 = RECIPES["default"], RECIPES["v1"]
+    assert default.training_config(3000).warm_start_steps == 60 and default.training.warm_start_max_length == 96
+    small = default.training_config(3000, max_steps=8)
+    assert small.max_steps == 8 and small.warm_start_steps == 8
+    assert v1.training_config(3000).warm_start_steps == 0  # the 0.1 recipe stays as it was measured
+
+
 def test_recipe_show_prints_the_resolved_recipe_and_the_cli_defaults_are_the_recipes() -> None:
     from click.core import ParameterSource  # noqa: F401 - the CLI uses it to tell given options from defaults
 

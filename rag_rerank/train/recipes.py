@@ -118,7 +118,8 @@ class Recipe:
     def training_config(self, n_groups: int, max_steps: int | None = None) -> RerankerTrainingConfig:
         """The training settings for a run on ``n_groups`` groups (``max_steps`` caps it further, for small runs)."""
         steps = self.steps_for(n_groups) if max_steps is None else min(max_steps, self.steps_for(n_groups))
-        return replace(self.training, max_steps=steps, eval_steps=max(1, math.ceil(steps / self.evaluations)))
+        return replace(self.training, max_steps=steps, eval_steps=max(1, math.ceil(steps / self.evaluations)),
+                       warm_start_steps=min(self.training.warm_start_steps, steps))  # never longer than the training
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (what ``recipe show`` prints and result files record)."""
@@ -139,9 +140,10 @@ RECIPES: dict[str, Recipe] = {
     r.name: r for r in (
         Recipe(
             name="default",
-            description="Tuned first stage; listwise reranker fine-tuning for about one epoch, fused at the weight "
-                        "chosen on validation when it helps.",
-            training=_V1_TRAINING,
+            description="Tuned first stage; a 60-step label-free warm start of a new head (the bi-encoder's margins, "
+                        "96 tokens), then listwise fine-tuning for about one epoch, fused at the weight chosen on "
+                        "validation when it helps.",
+            training=replace(_V1_TRAINING, warm_start_steps=60, warm_start_max_length=96),
             epochs=1.0, min_steps=60, max_steps=640, evaluations=4,
         ),
         Recipe(

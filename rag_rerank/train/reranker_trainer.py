@@ -244,7 +244,9 @@ def train_reranker(
     n_rows = len(dataset)
     head_lr = resolve_head_learning_rate(cfg.head_learning_rate, base_model)
     warm: dict[str, Any] = {}
-    if cfg.warm_start_steps and _resume_point(cfg.resume_from_checkpoint, out / "checkpoints") is None:
+    if cfg.warm_start_steps and cfg.head_learning_rate == "auto" and head_lr is None:
+        logger.info("no warm start: %s has a trained head (the warm start is for a new one)", base_model)
+    elif cfg.warm_start_steps and _resume_point(cfg.resume_from_checkpoint, out / "checkpoints") is None:
         columns_w, _ = _group_columns(list(train_groups), cfg.train_group_size, cfg.seed,
                                       teacher=all("teacher" in r for r in train_groups))
         columns_w["query"] = [cut(q) for q in columns_w["query"]]
