@@ -184,6 +184,6 @@ def test_the_wheel_carries_the_sample_docs_and_demo_defaults_to_them(tmp_path: P
                                text=True, env=env, timeout=120, check=True,
                                cwd=tmp_path).stdout  # not the repo: `-m` puts the working folder first on sys.path
     default = help_text.split("[default:")[1].split("]")[0].strip()
-    docs = Path(" ".join(default.split()))  # click wraps long defaults over lines
+    docs = Path("".join(default.split()))  # click wraps a long default over lines, inside words too
     assert docs.is_dir() and (docs / "Geology.md").is_file()
     assert target in docs.parents and REPO not in docs.parents  # the installed copy, not the source tree
