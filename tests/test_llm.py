@@ -74,7 +74,9 @@ def test_server_is_stopped_when_the_caller_is_interrupted(tmp_path):
     script = tmp_path / "caller.py"
     script.write_text(
         textwrap.dedent("""
-        import sys, time
+        import signal, sys, time
+        # as an interactive Python: a caller started from a background job inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from rag_rerank.generate.server import EmbeddedLLMServer
         with EmbeddedLLMServer() as s:
             print(s._proc.pid, flush=True)
