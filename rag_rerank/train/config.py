@@ -168,6 +168,12 @@ def resolve_head_learning_rate(head_learning_rate: float | str | None, base_mode
     return NEW_HEAD_LEARNING_RATE if has_new_head(base_model) else None
 
 
+def warm_start_applies(cfg: RerankerTrainingConfig, base_model: str) -> bool:
+    """Whether ``cfg``'s warm start runs for ``base_model``: it teaches a new head, so with
+    ``head_learning_rate="auto"`` a base whose head is already trained (``BAAI/bge-reranker-base``) skips it."""
+    return bool(cfg.warm_start_steps) and (cfg.head_learning_rate != "auto" or has_new_head(base_model))
+
+
 def has_new_head(base_model: str) -> bool:
     """True when the base's classification head is untrained, so it needs a fast head learning rate.
 

@@ -25,7 +25,7 @@ from rag_rerank.errors import DataError
 from rag_rerank.generate.store import QADataset, load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_jsonl
 from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, save_fusion
-from rag_rerank.train.config import RerankerTrainingConfig, TrainResult
+from rag_rerank.train.config import RerankerTrainingConfig, TrainResult, warm_start_applies
 from rag_rerank.train.groups import add_teacher_scores, build_groups
 from rag_rerank.train.mining import MiningConfig, MiningResult, mine_hard_negatives
 from rag_rerank.train.model_card import set_shipped_verdict
@@ -243,7 +243,7 @@ def finetune(
     if not rows:
         raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
     cfg = _training_config(recipe, training, len(rows), training_overrides)
-    if cfg.warm_start_steps and not all("teacher" in r for r in rows) and index.dense is not None:
+    if warm_start_applies(cfg, base_model) and not all("teacher" in r for r in rows) and index.dense is not None:
         n = add_teacher_scores(rows, index.dense)
         logger.info("teacher scores (bi-encoder cosine) for %d of %d groups, for the warm start", n, len(rows))
     val = validation_run(dataset, index, "validation", top_k=top_k, max_queries=max_eval_queries)

@@ -35,6 +35,7 @@ from rag_rerank.train.config import (
     TrainResult,
     precision_args,
     resolve_head_learning_rate,
+    warm_start_applies,
 )
 from rag_rerank.train.guards import (
     NonFiniteLossCallback,
@@ -244,7 +245,7 @@ def train_reranker(
     n_rows = len(dataset)
     head_lr = resolve_head_learning_rate(cfg.head_learning_rate, base_model)
     warm: dict[str, Any] = {}
-    if cfg.warm_start_steps and cfg.head_learning_rate == "auto" and head_lr is None:
+    if cfg.warm_start_steps and not warm_start_applies(cfg, base_model):
         logger.info("no warm start: %s has a trained head (the warm start is for a new one)", base_model)
     elif cfg.warm_start_steps and _resume_point(cfg.resume_from_checkpoint, out / "checkpoints") is None:
         columns_w, _ = _group_columns(list(train_groups), cfg.train_group_size, cfg.seed,
