@@ -59,7 +59,6 @@ BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf
 CALIBRATION_QUERIES = 16
 BGE_SHAPED_VERSION = "v1"
 logger = logging.getLogger("bench_rerank")
-STUDENT: list[str | None] = [None]  # --student-model, set in main
 
 
 def bge_shaped_model() -> Path:
@@ -116,11 +115,14 @@ def squad_candidates(n_queries: int, top_k: int = 100) -> tuple[list[str], list[
     }
 
 
-def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None):
+def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None,
+                student: str | None = None):
     """A ``score(pairs) -> np.ndarray`` for ``backend``, and what it runs as: the inference precision (or None), and
-    for ``auto`` the backend it chose. ``student-<backend>`` scores with ``--student-model`` instead."""
+    for ``auto`` the backend it chose. ``student-<backend>`` scores with ``student`` (``--student-model``) instead."""
     if backend.startswith("student-"):
-        backend, model = backend.removeprefix("student-"), STUDENT[0]
+        if not student:
+            raise ValueError(f"backend {backend!r} needs a student model (--student-model)")
+        backend, model = backend.removeprefix("student-"), student
     if backend == "st-predict":
         ce = load_cross_encoder(model, device="cpu", max_length=max_length)
 
@@ -164,7 +166,8 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
             continue  # the student belongs to the MiniLM model
         t = time.perf_counter()
         score, precision = make_scorer(backend, model, args.max_length, args.threads,
-                                       calibration if backend.endswith("openvino-int8") else None)
+                                       calibration if backend.endswith("openvino-int8") else None,
+                                       student=args.student_model)
         load_s = time.perf_counter() - t
         score(lists[0][:4])  # warm-up
         lat: dict[str, list[float]] = {"top20": [], "top100": []}
@@ -224,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "bench_rerank.json")
     args = parser.parse_args(argv)
-    STUDENT[0] = args.student_model
     if any(b.startswith("student-") for b in args.backends) and not args.student_model:
         parser.error("student-* backends need --student-model")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

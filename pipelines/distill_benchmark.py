@@ -54,7 +54,11 @@ def main() -> int:
     t0 = time.perf_counter()
     run_dir = args.work / "default"
     teacher = run_dir / "reranker"
-    headline = read_json(REPO / "pipelines" / "results" / "squad_headline.json")
+    headline_path = REPO / "pipelines" / "results" / "squad_headline.json"
+    headline = read_json(headline_path)
+    if "recipe" not in headline.get("settings", {}) or not (teacher / "config.json").is_file():
+        raise SystemExit(f"{headline_path} or {teacher} is not from an adapt run (no settings.recipe or no model): "
+                         "run `python pipelines/quality_benchmark.py --corpus squad` first")
     fusion = load_fusion(teacher)
     alpha = fusion.alpha if fusion.improved else fusion.best_alpha
     recipe = get_recipe(headline["settings"]["recipe"]["name"])

@@ -12,7 +12,7 @@ chosen by ``adapt`` on the *synthetic* validation split, with the recipe's setti
 1. docs: each corpus record becomes a ``.txt`` file under ``WORK/docs`` (:func:`rag_rerank.io.export_documents`);
 2. ``adapt(WORK/docs, WORK/<run>, recipe=...)`` per run: questions, index, tuned first stage, mining, training,
    fusion and the synthetic test report. ``--seed-checkpoint`` reuses an earlier run's LLM answers. The run
-   ``examples`` passes ``--examples N`` real queries (a seeded sample, then excluded from evaluation) as
+   ``examples`` passes ``--examples N`` real queries (seeded, from outside the evaluated sample) as
    ``query_examples``, so the LLM writes queries in their style;
 3. real queries: a seeded sample of the corpus's human queries (the same sample for every run), with the shipped
    system (the tuned first stage, the reranker, the fusion weight from ``fusion.json``), and paired bootstrap CIs
@@ -116,9 +116,13 @@ def _real(args: argparse.Namespace, preset: Preset, run: Any, data: tuple[dict, 
     return result.to_dict()
 
 
-def _examples(queries: dict[str, str], qrels: dict, n: int, seed: int) -> list[str]:
-    """A seeded sample of ``n`` real query ids used as style examples (never evaluated)."""
-    usable = sorted(q for q in qrels if q in queries)
+def _examples(queries: dict[str, str], qrels: dict, n: int, seed: int, evaluated: set[str]) -> list[str]:
+    """A seeded sample of ``n`` real query ids used as style examples, drawn from outside the evaluated sample (so
+    they are never evaluated, and every run is evaluated on the same queries whichever runs are given)."""
+    usable = sorted(q for q in qrels if q in queries and q not in evaluated)
+    if len(usable) < n:
+        raise SystemExit(f"--examples {n}: only {len(usable)} real queries lie outside the {len(evaluated)} evaluated; "
+                         "lower --examples or --eval-queries")
     return sorted(random.Random(f"examples-{seed}").sample(usable, n))
 
 
@@ -223,12 +227,11 @@ def main() -> int:
         raise SystemExit(f"{data_dir}: no BEIR folder (corpus.jsonl missing); pass --data DIR")
     t0 = time.perf_counter()
     corpus, queries, qrels = load_beir(data_dir)
-    example_ids = _examples(queries, qrels, args.examples, args.seed) if "examples" in names else []
-    # the evaluated queries: never a style example, the same sample for every run
-    queries = {q: t for q, t in queries.items() if q not in set(example_ids)}
-    qrels = {q: r for q, r in qrels.items() if q not in set(example_ids)}
+    # the evaluated queries: the same seeded sample for every run (evaluate_systems draws it the same way); the
+    # style examples come from the other queries
+    eval_ids = sample_query_ids(qrels, queries, size["eval_queries"], args.seed)
+    example_ids = _examples(queries, qrels, args.examples, args.seed, set(eval_ids)) if "examples" in names else []
     if args.quick:  # a slice: the documents of the evaluated queries and a few more
-        eval_ids = sample_query_ids(qrels, queries, size["eval_queries"], args.seed)
         keep = sorted({d for q in eval_ids for d in qrels[q] if d in corpus} | set(sorted(corpus)[:size["max_chunks"]]))
         corpus = {d: corpus[d] for d in keep}
     s = time.perf_counter()
@@ -246,13 +249,23 @@ def main() -> int:
     if args.corpus == "squad" and names == ("default",):  # the headline file keeps its flat shape
         out = {**runs["default"], "command": command, "note": note}
     else:
-        out = {"corpus": args.corpus, "runs": runs, "example_query_ids": example_ids, "command": command,
-               "note": note + " The example queries are excluded from evaluation.",
+        # runs given separately accumulate in one file (each run records its own settings)
+        before = read_json(out_json) if out_json.is_file() else {}
+        if before.get("corpus") == args.corpus and isinstance(before.get("runs"), dict):
+            runs = {**before["runs"], **runs}
+            commands = {**before.get("commands", {}), **dict.fromkeys(names, command)}
+        else:
+            commands = dict.fromkeys(names, command)
+        out = {"corpus": args.corpus, "runs": runs,
+               "example_query_ids": example_ids or before.get("example_query_ids", []), "commands": commands,
+               "note": note + " The example queries are drawn from outside the evaluated sample, which is the same "
+                       "for every run.",
                "wall_s": round(sum(r["wall_s"] for r in runs.values()), 1)}
     out["this_invocation_wall_s"] = round(time.perf_counter() - t0, 1)
     write_json(out_json, out)
     logger.info("wrote %s", out_json)
-    print(json.dumps({k: out.get(k) for k in ("headline_system", "wall_s")}))
+    shipped = {n: r.get("headline_system") for n, r in out.get("runs", {"default": out}).items()}
+    print(json.dumps({"shipped_system": shipped, "wall_s": out["wall_s"]}))
     return 0
 
 
