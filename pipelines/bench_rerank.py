@@ -120,8 +120,6 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int, calibra
     """A ``score(pairs) -> np.ndarray`` for ``backend``, and what it runs as: the inference precision (or None), and
     for ``auto`` the backend it chose. ``student-<backend>`` scores with ``student`` (``--student-model``) instead."""
     if backend.startswith("student-"):
-        if not student:
-            raise ValueError(f"backend {backend!r} needs a student model (--student-model)")
         backend, model = backend.removeprefix("student-"), student
     if backend == "st-predict":
         ce = load_cross_encoder(model, device="cpu", max_length=max_length)

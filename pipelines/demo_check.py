@@ -30,9 +30,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "demo.json")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    cli = Path(sys.executable).with_name("rag-rerank")
     t0 = time.perf_counter()
-    proc = subprocess.run([str(cli), "demo", "--out", str(args.work)], capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "rag_rerank", "demo", "--out", str(args.work)], capture_output=True,
+                          text=True, check=False)
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

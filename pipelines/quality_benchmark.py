@@ -249,13 +249,16 @@ def main() -> int:
     if args.corpus == "squad" and names == ("default",):  # the headline file keeps its flat shape
         out = {**runs["default"], "command": command, "note": note}
     else:
-        # runs given separately accumulate in one file (each run records its own settings)
+        # runs of one recipe given separately accumulate in one file; another recipe's file is replaced
         before = read_json(out_json) if out_json.is_file() else {}
-        if before.get("corpus") == args.corpus and isinstance(before.get("runs"), dict):
+        if before.get("corpus") == args.corpus and isinstance(before.get("runs"), dict) and all(
+                r.get("settings", {}).get("recipe", {}).get("name") == args.recipe for r in before["runs"].values()):
             runs = {**before["runs"], **runs}
             commands = {**before.get("commands", {}), **dict.fromkeys(names, command)}
         else:
-            commands = dict.fromkeys(names, command)
+            if before:
+                logger.warning("%s holds runs of another corpus or recipe: replacing it", out_json)
+            before, commands = {}, dict.fromkeys(names, command)
         out = {"corpus": args.corpus, "runs": runs,
                "example_query_ids": example_ids or before.get("example_query_ids", []), "commands": commands,
                "note": note + " The example queries are drawn from outside the evaluated sample, which is the same "
