@@ -6,8 +6,8 @@
 Issue 8's bar: on the headline benchmark, a fast backend's MRR@10 is within 0.005 of fp32 torch's. This script
 reranks the same 1,000 real SQuAD questions (same seed, same index, the same tuned first stage) with the headline's
 fine-tuned reranker through each backend, alone and fused at the model's saved alpha, and compares with fp32 torch:
-the torch figures come from ``pipelines/results/squad_headline.json`` (checked to be the same questions: the
-hybrid's MRR@10 must match to 1e-9), or are recomputed here with ``--with-torch``.
+the torch figures come from the 0.1 headline, ``pipelines/results/squad_headline_v1.json`` (checked to be the same
+questions: the hybrid's MRR@10 must match to 1e-9), or are recomputed here with ``--with-torch``.
 
 Writes ``pipelines/results/backend_parity.json`` with the command and wall time.
 """
@@ -37,7 +37,7 @@ logger = logging.getLogger("backend_parity")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_default", help="quality_benchmark's folder")
-    ap.add_argument("--headline", type=Path, default=REPO / "pipelines" / "results" / "squad_headline.json")
+    ap.add_argument("--headline", type=Path, default=REPO / "pipelines" / "results" / "squad_headline_v1.json")
     ap.add_argument("--data", type=Path, default=SQUAD)
     ap.add_argument("--backends", nargs="+", default=["openvino-bf16", "openvino-int8"])
     ap.add_argument("--with-torch", action="store_true", help="recompute fp32 torch here instead of reading it")

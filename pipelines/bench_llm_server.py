@@ -42,6 +42,8 @@ SETTINGS = {
     "poll0": {"poll": 0},
     "poll0-threads1": {"poll": 0, "threads": 1},
     "cache256": {"cache_ram_mib": 256},
+    "omp-passive": {"omp_passive": True},
+    "omp-passive-poll0": {"omp_passive": True, "poll": 0},
 }
 TRAINER = """
 import sys, time, torch

@@ -47,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.io import load_beir, write_json  # noqa: E402
 from rag_rerank.models import cache_dir, load_cross_encoder, resolve_model_path  # noqa: E402
+from rag_rerank.rerank.backends import BackendNotAvailableError
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.backends.base import available_cores, torch_threads
 from rag_rerank.rerank.reranker import Reranker
@@ -55,7 +56,8 @@ from rag_rerank.retrieval.common import doc_text
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = Path(os.environ.get("RAG_RERANK_SHARED", REPO.parent / "shared")) / "data" / "squad" / "beir"
-BACKENDS = ("st-predict", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8", "auto")
+BACKENDS = ("st-predict", "torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8",
+            "auto")
 CALIBRATION_QUERIES = 16
 BGE_SHAPED_VERSION = "v1"
 logger = logging.getLogger("bench_rerank")
@@ -163,9 +165,14 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
         if backend.startswith("student-") and name != "minilm":
             continue  # the student belongs to the MiniLM model
         t = time.perf_counter()
-        score, precision = make_scorer(backend, model, args.max_length, args.threads,
-                                       calibration if backend.endswith("openvino-int8") else None,
-                                       student=args.student_model)
+        try:
+            score, precision = make_scorer(backend, model, args.max_length, args.threads,
+                                           calibration if backend.endswith("openvino-int8") else None,
+                                           student=args.student_model)
+        except BackendNotAvailableError as e:  # e.g. torch-bf16 on a CPU without native bf16
+            out["backends"][backend] = {"not_available": str(e).splitlines()[0]}
+            logger.info("%s %s: not available here (%s)", name, backend, str(e).splitlines()[0])
+            continue
         load_s = time.perf_counter() - t
         score(lists[0][:4])  # warm-up
         lat: dict[str, list[float]] = {"top20": [], "top100": []}
@@ -195,6 +202,8 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
     base = out["backends"].get("st-predict", {}).get("pairs_per_s")
     ref = top20_scores.get("torch")
     for backend, row in out["backends"].items():
+        if "not_available" in row:
+            continue
         if base:
             row["speedup_vs_st_predict"] = row["pairs_per_s"] / base
         row["peak_fraction"] = row["achieved_gflops"] / args.gemm_peak

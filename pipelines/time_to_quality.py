@@ -4,11 +4,13 @@
     python pipelines/time_to_quality.py --run runs/squad_default/default --variant v1 --variant default
 
 Every variant trains from the same base model on the same mined groups (``RUN/train_groups.jsonl``, from the
-tuned first stage) and is evaluated every ``--eval-every`` steps on the same fixed subset of the synthetic
+tuned first stage; a variant with mining overrides mines the same training questions again, with the same learning
+rate schedule) and is evaluated every ``--eval-every`` steps on the same fixed subset of the synthetic
 validation questions, reranking the tuned first stage's top 20, as ``adapt`` does. Recorded per variant: the curve
 (step, training seconds, wall seconds including the warm start and evaluations, validation MRR@10), training
-pairs/s (excluding evaluations), and the first evaluation whose MRR@10 beats the RRF hybrid and the tuned first
-stage. A variant is a named recipe, optionally with training overrides (``VARIANTS`` below). Resumable per variant.
+pairs/s (excluding evaluations), the training precision, and the first evaluation whose MRR@10 beats the RRF hybrid
+and the tuned first stage. A variant is a named recipe, optionally with training overrides (``VARIANTS`` below).
+Resumable per variant (on the same machine, run and schedule; otherwise the file is started anew).
 Writes ``pipelines/results/time_to_quality.json`` and a PNG of the curves beside it.
 """
 
@@ -37,15 +39,30 @@ from rag_rerank.train.reranker_trainer import train_reranker
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("time_to_quality")
-# name -> (recipe, training overrides); "v1" is the 0.1 headline recipe, trained here for its first 320 steps
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+# name -> (recipe, training overrides[, mining overrides]); "v1" is the 0.1 headline recipe, trained here for its
+# first --max-steps steps. A variant with mining overrides re-mines the run's training questions with them.
+VARIANTS: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]] = {
     "v1": ("v1", {}),
     "default": ("default", {}),
     "default-nowarm": ("default", {"warm_start_steps": 0}),
+    "default-fp32": ("default", {"mixed_precision": "no"}),  # the default recipe without bf16 autocast
+    "default-noattndrop": ("default", {"attention_dropout": 0.0}),  # fused attention kernels while training
+    "default-consistent30": ("default", {}, {"max_positive_rank": 30}),  # the consistency filter at top 30
+    "default-consistent10": ("default", {}, {"max_positive_rank": 10}),
     "warm60-96": ("default", {"warm_start_steps": 60, "warm_start_max_length": 96}),
     "warm60-96-lr1e-4": ("default", {"warm_start_steps": 60, "warm_start_max_length": 96,
                                      "warm_start_learning_rate": 1e-4}),
 }
+
+
+def remine(run: Path, recipe: Any, first_stage: dict[str, Any], mining: dict[str, Any]) -> tuple[list[dict], dict]:
+    """The run's training groups mined again with ``mining`` overrides (and the mining report)."""
+    from rag_rerank.train.finetune import mine_split
+
+    mined = mine_split(load_qa_dataset(run / "dataset"), load_index(run / "index").with_fusion(**first_stage),
+                       "train", mining=dataclasses.replace(recipe.mining, **mining),
+                       group_size=recipe.training.train_group_size)
+    return mined.groups, mined.mining.report
 
 
 class Clock(TrainerCallback):
@@ -68,9 +85,15 @@ class Clock(TrainerCallback):
 
 
 def run_variant(name: str, rows: list[dict], samples: list[dict], n_groups: int, args: argparse.Namespace,
-                fs: dict[str, float]) -> dict[str, Any]:
-    recipe_name, overrides = VARIANTS[name]
+                fs: dict[str, float], first_stage: dict[str, Any], teacher: Any) -> dict[str, Any]:
+    recipe_name, overrides, *more = VARIANTS[name]
+    mining = more[0] if more else {}
     recipe = get_recipe(recipe_name)
+    mining_report = None
+    if mining:
+        rows, mining_report = remine(args.run, recipe, first_stage, mining)
+        add_teacher_scores(rows, teacher)
+        logger.info("%s: %d training groups after re-mining with %s", name, len(rows), mining)
     cfg = dataclasses.replace(recipe.training_config(n_groups), eval_steps=args.eval_every, keep_checkpoints=False,
                               sanity_gate="off", load_best_model_at_end=False, **overrides)
     clock = Clock(args.max_steps)
@@ -92,7 +115,9 @@ def run_variant(name: str, rows: list[dict], samples: list[dict], n_groups: int,
     pairs = cfg.batch_size * cfg.train_group_size
     steps = curve[-1]["step"]
     first = {k: next((c for c in curve[1:] if c["mrr@10"] > v), None) for k, v in fs.items()}
-    return {"recipe": recipe_name, "overrides": overrides, "training": dataclasses.asdict(cfg), "curve": curve,
+    return {"recipe": recipe_name, "overrides": overrides, "mining_overrides": mining or None,
+            "train_groups": len(rows), "mining_report": mining_report, "training": dataclasses.asdict(cfg),
+            "precision": res.data_summary.get("precision"), "curve": curve,
             "steps": steps, "train_pairs_per_s": round(pairs * steps / max(clock.train_s, 1e-9), 2),
             "s_per_step": round(clock.train_s / max(steps, 1), 2), "warm_start": res.data_summary.get("warm_start"),
             "first_beats": first, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -148,6 +173,10 @@ def main() -> int:
     rows = list(iter_jsonl(args.run / "train_groups.jsonl"))
     add_teacher_scores(rows, index.dense)
     result = read_json(args.out) if args.out.is_file() else {}
+    if result and (result.get("machine") != machine_info() or result.get("run") != str(args.run)
+                   or result.get("max_steps") != args.max_steps or result.get("eval_every") != args.eval_every):
+        logger.warning("%s holds variants of another machine, run or schedule: starting a new file", args.out)
+        result = {}
     result.update({"run": str(args.run), "val_queries": len(samples), "first_stage": fs,
                    "first_stage_settings": first_stage, "train_groups": len(rows), "max_steps": args.max_steps,
                    "eval_every": args.eval_every, "machine": machine_info()})
@@ -156,7 +185,7 @@ def main() -> int:
         if name in result["variants"]:
             logger.info("%s: done earlier, kept", name)
             continue
-        result["variants"][name] = run_variant(name, rows, samples, len(rows), args, fs)
+        result["variants"][name] = run_variant(name, rows, samples, len(rows), args, fs, first_stage, index.dense)
         result["command"] = "python " + " ".join(shlex.quote(a) for a in ["pipelines/time_to_quality.py",
                                                                             *sys.argv[1:]])
         write_json(args.out, result)

@@ -60,6 +60,17 @@ def test_embedded_server_answers_through_the_openai_sdk():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("passive", [True, False])
+def test_omp_passive_reaches_the_server_process_and_it_still_answers(monkeypatch, passive: bool):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with EmbeddedLLMServer(omp_passive=passive) as server:
+        environ = open(f"/proc/{server._proc.pid}/environ", "rb").read().split(b"\0")
+        assert (b"OMP_WAIT_POLICY=PASSIVE" in environ) is passive
+        llm = LLMClient(LLMSettings(model="embedded", base_url=server.base_url, seed=1, max_tokens=24))
+        assert llm.complete(MSGS).text.strip()
+
+
+@pytest.mark.slow
 def test_embedded_generation_is_deterministic_for_a_seed():
     with open_llm("embedded", seed=7, max_tokens=48) as llm:
         a = [llm.complete(MSGS).text for _ in range(2)]

@@ -55,6 +55,23 @@ def test_num_negatives_takes_the_best_ranked_survivors() -> None:
     assert res.report["queries_short_of_hard"] == 0
 
 
+def test_consistency_filter_drops_queries_whose_positive_the_first_stage_misses() -> None:
+    ids = [f"c{i}" for i in range(1, 11)]
+    run = {"near": _run(ids), "far": _run(ids), "gone": _run(ids)}
+    qrels = {"near": {"c3": 1}, "far": {"c7": 1}, "gone": {"x": 1}}  # positive at rank 3, rank 7, not retrieved
+    meta = _meta([*ids, "x"])
+    res = mine_hard_negatives(run, qrels, meta, MiningConfig(max_positive_rank=5, num_negatives=2, **OFF))
+    assert res.inconsistent == {"far", "gone"} and res.report["dropped_inconsistent"] == 2
+    assert res.negatives["near"] == ["c2", "c4"] and res.negatives["far"] == res.negatives["gone"] == []
+    _check_accounting(res.report)  # a dropped query's candidates are not counted as considered
+    assert "consistency filter dropped 2" in res.summary()
+    keep_all = mine_hard_negatives(run, qrels, meta, MiningConfig(num_negatives=2, **OFF))
+    assert keep_all.inconsistent == frozenset() and keep_all.report["dropped_inconsistent"] == 0
+    assert keep_all.negatives["far"] == ["c2", "c3"]
+    with pytest.raises(ValueError, match="max_positive_rank"):
+        MiningConfig(max_positive_rank=0)
+
+
 def test_neighbor_guard() -> None:
     ids = ["p", "d4", "d6", "d7", "e5", "nometa", "d5b"]
     fields = {"p": {"doc_id": "D", "position": 5}, "d4": {"doc_id": "D", "position": 4},

@@ -335,3 +335,18 @@ def test_head_learning_rate_auto_follows_the_base_whatever_config_is_passed(tiny
     cfg = RerankerTrainingConfig(max_steps=1, train_group_size=3, sanity_gate="off", **FAST_NO_HEAD)
     res = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(8, 1), out_dir=tmp_path / "m", config=cfg)
     assert '"head_learning_rate": null' in (res.out_dir / "README.md").read_text()
+
+
+def test_attention_dropout_is_set_in_training_and_saved(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tiny_cross_encoder_dir).attention_probs_dropout_prob > 0  # the base has some
+    cfg = RerankerTrainingConfig(max_steps=3, sanity_gate="off", attention_dropout=0.0, **FAST)
+    res = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(24, 5), out_dir=tmp_path / "m", config=cfg)
+    assert res.steps == 3
+    assert AutoConfig.from_pretrained(tmp_path / "m").attention_probs_dropout_prob == 0.0
+    kept = train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(24, 5), out_dir=tmp_path / "k",
+                          config=dataclasses.replace(cfg, attention_dropout=None))
+    assert kept.steps == 3 and AutoConfig.from_pretrained(tmp_path / "k").attention_probs_dropout_prob > 0
+    with pytest.raises(ValueError, match="attention_dropout"):
+        RerankerTrainingConfig(attention_dropout=1.0)

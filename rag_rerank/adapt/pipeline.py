@@ -287,7 +287,8 @@ def _train(run: RunFolder, recipe: Recipe, base_model: str, index_dir: str, firs
                       first_stage=first.settings, command="rag-rerank adapt", callbacks=callbacks)
     return {"steps": result.steps, "wall_s": round(result.wall_time_s, 1), "reranker_alone": result.verdict,
             "eval_before": result.eval_before, "eval_after": result.eval_after, "first_stage": result.first_stage,
-            "s_per_step": round(result.wall_time_s / max(result.steps, 1), 3)}
+            "s_per_step": round(result.wall_time_s / max(result.steps, 1), 3),
+            "precision": result.data_summary.get("precision")}
 
 
 def _distill(run: RunFolder, recipe: Recipe, index_dir: str, first: FirstStageChoice, choice: FusionChoice,

@@ -146,8 +146,11 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
 
 def training_key(recipe: Recipe, base_model: str) -> str:
     """What a training step's cost depends on (the throughput cache key)."""
+    from rag_rerank.train.config import training_precision
+
     t = recipe.training
-    return f"{base_model}|bs{t.batch_size}|g{t.train_group_size}|len{t.max_length}|threads{os.cpu_count()}"
+    return (f"{base_model}|bs{t.batch_size}|g{t.train_group_size}|len{t.max_length}|threads{os.cpu_count()}"
+            f"|{training_precision(t.mixed_precision)}")
 
 
 def chunks_to_ask(plan: Plan) -> int:

@@ -122,7 +122,8 @@ def mine_cmd(dataset_dir, out, split, group_size, rank_min, rank_max, num_negati
               help="What to do when the reranker is not learning (stuck on the uniform-loss plateau).")
 @click.option("--resume", is_flag=True, help="Resume from the latest checkpoint in OUT/checkpoints.")
 @click.option("--precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default=_R.training.mixed_precision,
-              show_default=True, help="Mixed precision: auto = bf16/fp16 on a CUDA GPU, fp32 on CPU; 'no' forces fp32.")
+              show_default=True, help="Mixed precision: auto = bf16/fp16 on a CUDA GPU, bf16 on a CPU with native bf16 "
+                   "(AVX512_BF16/AMX), else fp32; 'no' forces fp32.")
 @_mining_options
 @click.pass_context
 def train_cmd(ctx, dataset_dir, out, base_model, target, groups, recipe, loss, epochs, max_steps, lr, head_lr,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -43,6 +44,9 @@ class EmbeddedLLMServer:
         poll: llama.cpp's busy-wait level between jobs, 0-100 (50 is llama.cpp's default; 0 sleeps, which leaves the
             cores to other work on a shared machine).
         cache_ram_mib: host RAM for llama.cpp's prompt cache (``None``: llama.cpp's default, 8 GiB).
+        omp_passive: run the server with ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets it): the
+            wheel's llama.cpp is built with OpenMP, whose idle threads otherwise spin and starve other work on the
+            same cores (torch training, a second server).
         startup_timeout: seconds to wait for ``/health``.
     """
 
@@ -55,6 +59,7 @@ class EmbeddedLLMServer:
         threads: int = 0,
         poll: int = 50,
         cache_ram_mib: int | None = None,
+        omp_passive: bool = False,
         startup_timeout: float = 120.0,
     ) -> None:
         from rag_rerank.models import resolve_model_path
@@ -62,7 +67,7 @@ class EmbeddedLLMServer:
         self.model_path = resolve_model_path(model, role="llm")
         self.model_name = model
         self.parallel, self.ctx, self.threads = parallel, ctx, threads
-        self.poll, self.cache_ram_mib = poll, cache_ram_mib
+        self.poll, self.cache_ram_mib, self.omp_passive = poll, cache_ram_mib, omp_passive
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.port: int | None = None
@@ -102,7 +107,11 @@ class EmbeddedLLMServer:
         if self.cache_ram_mib is not None:
             cmd += ["--cache-ram-mib", str(self.cache_ram_mib)]
         logger.info("starting embedded LLM server (%s) on %s:%d", Path(self.model_path).name, self.host, self.port)
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if self.omp_passive:
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=env)
         try:
             self._wait_healthy()
         except BaseException:

@@ -92,7 +92,8 @@ class Reranker:
         backend: ``"auto"`` (default; ``$RAG_RERANK_BACKEND`` overrides it): the fastest installed backend whose
             rankings match fp32 torch (per-query Spearman >= 0.99) on a probe of this model, measured once per
             model and machine (:mod:`rag_rerank.rerank.backends.auto`; ``backend_choice`` says why), torch on a
-            GPU or for an in-memory model. Or one of ``"torch"``, ``"onnx"`` (fp32 onnxruntime, CPU),
+            GPU or for an in-memory model. Or one of ``"torch"``, ``"torch-bf16"`` (bf16 autocast; on CPU only where
+            it is native: AVX512_BF16 or AMX), ``"onnx"`` (fp32 onnxruntime, CPU),
             ``"onnx-int8"`` (dynamic int8 weights, CPU), ``"openvino"`` (fp32), ``"openvino-bf16"`` or
             ``"openvino-int8"`` (OpenVINO, CPU). Exported models are made on first use and cached.
         batch_size: pairs (or document windows) per forward pass.

@@ -153,8 +153,10 @@ class RerankingEvaluator(BaseEvaluator):
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         long_documents: str | None = None,
+        backend: str = "torch",
     ) -> None:
         super().__init__()
+        self.backend = backend
         if long_documents not in (None, "window", "truncate"):
             raise ConfigError(f"long_documents={long_documents!r}; use None, 'window' or 'truncate'")
         self.long_documents = long_documents
@@ -236,7 +238,7 @@ class RerankingEvaluator(BaseEvaluator):
             raw = model.predict(pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
                                 convert_to_numpy=True, show_progress_bar=show)
         else:  # score as rag_rerank.Reranker serves the model, so checkpoints are chosen the way they are used
-            raw = Reranker(model, batch_size=self.batch_size, activation="none",
+            raw = Reranker(model, batch_size=self.batch_size, activation="none", backend=self.backend,
                            long_documents=self.long_documents).predict(pairs, show_progress_bar=show)
         scores = np.asarray(raw, dtype=np.float64).reshape(-1)
         rankings, offset = [], 0

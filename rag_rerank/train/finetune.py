@@ -105,7 +105,8 @@ def mine_split(
     meta = {cid: {**dataset.chunks.get(cid, {}), "text": corpus[cid]["text"]} for cid in corpus}
     result = mine_hard_negatives(run, qrels, meta, mining, margin_scores=margin_run,
                                  show_progress_bar=show_progress_bar)
-    groups = build_groups(queries, qrels, result.negatives, corpus, group_size=group_size, seed=mining.seed)
+    kept = {q: r for q, r in qrels.items() if q not in result.inconsistent}  # the consistency filter's drops
+    groups = build_groups(queries, kept, result.negatives, corpus, group_size=group_size, seed=mining.seed)
     return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups)
 
 

@@ -13,7 +13,8 @@ each candidate is removed by the *first* guard that applies, in this order:
 
 The survivors are the hard negatives; ``num_random`` random chunks from the rest of the corpus are
 appended (training only on hard negatives hurts, sentence-transformers#3085). The report counts what
-each guard removed, so ``candidates_considered == sum(removed_*) + candidates_kept``.
+each guard removed, so ``candidates_considered == sum(removed_*) + candidates_kept`` (over the queries kept: the
+optional consistency filter, ``max_positive_rank``, drops a whole query before its candidates are considered).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _REPORT_KEYS = (
     "queries_positive_not_in_run", "candidates_considered", "removed_positive", "removed_outside_window",
     "removed_neighbor", "removed_overlap", "removed_margin", "candidates_kept", "hard_negatives",
     "random_negatives", "random_rejected", "queries_short_of_hard", "queries_short_of_random",
+    "dropped_inconsistent",
 )
 
 
@@ -70,6 +72,10 @@ class MiningConfig:
             (then keeps rank order).
         seed: seed of every random choice; each query has its own generator, so a query's
             negatives do not depend on which other queries are mined.
+        max_positive_rank: the consistency filter (InPars, Promptagator): a query none of whose positives is in
+            the first stage's top ``max_positive_rank`` is dropped from training (``inconsistent`` in the result,
+            ``dropped_inconsistent`` in the report). A synthetic question its own chunk does not answer (off
+            topic, garbled, copied from a prompt example) is rarely retrieved for it; ``None`` keeps every query.
 
     Example:
         >>> MiningConfig(rank_max=50, num_negatives=7).rank_min
@@ -87,6 +93,7 @@ class MiningConfig:
     overlap_ngram: int = 12
     sampling_strategy: Literal["top", "random"] = "top"
     seed: int = 0
+    max_positive_rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.rank_min < 1 or self.rank_max < self.rank_min:
@@ -100,6 +107,8 @@ class MiningConfig:
             raise ConfigError(f"relative_margin must be in [0, 1] or None, got {self.relative_margin}")
         if not 0 < self.overlap_jaccard <= 1:
             raise ConfigError(f"overlap_jaccard must be in (0, 1], got {self.overlap_jaccard}")
+        if self.max_positive_rank is not None and self.max_positive_rank < 1:
+            raise ConfigError(f"max_positive_rank must be >= 1 or None, got {self.max_positive_rank}")
         if self.sampling_strategy not in ("top", "random"):
             raise ConfigError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}")
 
@@ -114,12 +123,15 @@ class MiningResult:
         num_hard: ``{qid: number of leading entries of negatives[qid] that are hard}``.
         report: counts per guard and per shortfall (see the module docstring).
         config: the settings used.
+        inconsistent: queries the consistency filter dropped (``config.max_positive_rank``); they get no
+            negatives and must not be trained on.
     """
 
     negatives: dict[str, list[str]]
     num_hard: dict[str, int]
     report: dict[str, int]
     config: MiningConfig = field(default_factory=MiningConfig)
+    inconsistent: frozenset[str] = frozenset()
 
     def summary(self) -> str:
         """A few lines for logs and the CLI."""
@@ -130,6 +142,8 @@ class MiningResult:
             f"positive {r['removed_positive']}, outside window {r['removed_outside_window']}, "
             f"neighbor {r['removed_neighbor']}, overlap {r['removed_overlap']}, margin {r['removed_margin']}; "
             f"{r['queries_short_of_hard']} queries got fewer than {self.config.num_negatives} hard negatives"
+            + (f"; the consistency filter dropped {r['dropped_inconsistent']} queries whose positive is not in the "
+               f"first stage's top {self.config.max_positive_rank}" if self.config.max_positive_rank else "")
         )
 
 
@@ -218,6 +232,7 @@ def mine_hard_negatives(
     report["run_queries_ignored"] = sum(1 for q in run if q not in qrels)
     negatives: dict[str, list[str]] = {}
     num_hard: dict[str, int] = {}
+    inconsistent: set[str] = set()
     if show_progress_bar is None:
         show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
     for q in tqdm(qrels, desc="Mining negatives", disable=not show_progress_bar):
@@ -230,6 +245,11 @@ def mine_hard_negatives(
         ranking = [d for d, _ in ranked(run.get(q) or {})]
         if not ranking:
             report["queries_missing_from_run"] += 1
+        if cfg.max_positive_rank is not None and pos_set.isdisjoint(ranking[: cfg.max_positive_rank]):
+            report["dropped_inconsistent"] += 1
+            inconsistent.add(q)
+            negatives[q], num_hard[q] = [], 0
+            continue
         window = ranking[cfg.rank_min - 1 : cfg.rank_max]
         n_pos = sum(1 for d in ranking if d in pos_set)
         n_pos_window = sum(1 for d in window if d in pos_set)
@@ -276,7 +296,7 @@ def mine_hard_negatives(
         report["random_negatives"] += len(rand)
         report["queries_short_of_hard"] += len(hard) < cfg.num_negatives
         report["queries_short_of_random"] += len(rand) < cfg.num_random
-    result = MiningResult(negatives, num_hard, report, cfg)
+    result = MiningResult(negatives, num_hard, report, cfg, frozenset(inconsistent))
     logger.info(result.summary())
     return result
 

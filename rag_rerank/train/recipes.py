@@ -133,7 +133,7 @@ class Recipe:
 _V1_TRAINING = RerankerTrainingConfig(
     loss="listwise", learning_rate=5e-5, head_learning_rate="auto", warmup_ratio=0.1,
     lr_scheduler="warmup_stable_decay", decay_ratio=0.25, batch_size=8, train_group_size=5, max_length=192,
-    seed=42, keep_checkpoints=True, sanity_gate="warn",
+    seed=42, keep_checkpoints=True, sanity_gate="warn", mixed_precision="no",  # 0.1 trained in fp32
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -143,7 +143,7 @@ RECIPES: dict[str, Recipe] = {
             description="Tuned first stage; a 60-step label-free warm start of a new head (the bi-encoder's margins, "
                         "96 tokens), then listwise fine-tuning for about one epoch, fused at the weight chosen on "
                         "validation when it helps.",
-            training=replace(_V1_TRAINING, warm_start_steps=60, warm_start_max_length=96),
+            training=replace(_V1_TRAINING, warm_start_steps=60, warm_start_max_length=96, mixed_precision="auto"),
             epochs=1.0, min_steps=60, max_steps=640, evaluations=4,
         ),
         Recipe(

@@ -35,6 +35,7 @@ from rag_rerank.train.config import (
     TrainResult,
     precision_args,
     resolve_head_learning_rate,
+    training_precision,
     warm_start_applies,
 )
 from rag_rerank.train.guards import (
@@ -107,6 +108,24 @@ def _pair_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) ->
             out["text"].append(groups[col][b])
             out["label"].append(lab)
     return out, dropped
+
+
+def _set_attention_dropout(model: nn.Module, p: float) -> None:
+    """Set the dropout on attention probabilities of every attention block (and in the config the model is saved
+    with), for BERT-, RoBERTa- and XLM-R-style models; warn when the model has none to set."""
+    n = 0
+    for module in model.modules():
+        if "attention" in type(module).__name__.lower() and isinstance(getattr(module, "dropout", None), nn.Dropout):
+            module.dropout.p = p
+            n += 1
+    for key in ("attention_probs_dropout_prob", "attention_dropout"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+    if n:
+        logger.info("attention dropout %g in %d attention blocks", p, n)
+    else:
+        logger.warning("attention_dropout=%g: no attention block with a dropout found in %s; left as it is", p,
+                       type(model).__name__)
 
 
 def _scheduler_kwargs(cfg: RerankerTrainingConfig, total_steps: int) -> dict[str, Any]:
@@ -220,10 +239,16 @@ def train_reranker(
     out = Path(out_dir)
     if evaluator is not None and eval_samples is not None:
         raise ConfigError("pass eval_samples or evaluator, not both")
+    precision = training_precision(cfg.mixed_precision)
+    logger.info("training precision: %s (mixed_precision=%r%s)", precision, cfg.mixed_precision,
+                "; bf16 autocast on a CPU with native bf16" if precision == "bf16" and not torch.cuda.is_available()
+                else "")
     if evaluator is None and eval_samples:
         # windows, like Reranker: the checkpoint kept is the best one as it will be served (README: ablation)
+        # and in the training's precision (bf16 autocast where the CPU computes bf16 natively)
         evaluator = RerankingEvaluator(eval_samples, at_k=10, name="val", show_progress_bar=False,
-                                       long_documents="window")
+                                       long_documents="window",
+                                       backend="torch-bf16" if precision == "bf16" else "torch")
     builder = _group_columns if cfg.loss == "listwise" else _pair_columns
     columns, dropped = builder(list(train_groups), cfg.train_group_size, cfg.seed)
     if not columns["query"]:
@@ -234,6 +259,8 @@ def train_reranker(
     model = load_cross_encoder(base_model, max_length=cfg.max_length)
     if model.num_labels != 1:
         raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
+    if cfg.attention_dropout is not None:
+        _set_attention_dropout(model.model, cfg.attention_dropout)
     budget = query_budget(cfg.max_length)
     cut = _query_cutter(model.tokenizer, budget)
     cut_queries = [cut(q) for q in columns["query"]]
@@ -346,7 +373,8 @@ def train_reranker(
     summary = {"rows": len(train_groups), "used_rows": n_rows, "dropped_no_negatives": dropped,
                "loss": cfg.loss, "train_group_size": cfg.train_group_size,
                "eval_queries": len(eval_samples) if eval_samples else None, "head_params": head_params,
-               "warm_start": warm or None, "queries_cut": n_cut, "max_query_tokens": budget}
+               "warm_start": warm or None, "queries_cut": n_cut, "max_query_tokens": budget,
+               "precision": precision}
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
     write_model_card(out, render_model_card(
         base_model=base_model, data_summary=summary, config=dataclasses.replace(cfg, head_learning_rate=head_lr),

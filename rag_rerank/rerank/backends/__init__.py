@@ -3,6 +3,7 @@
 | name | module | runs on |
 |---|---|---|
 | ``torch`` | :mod:`.torch_backend` | any device (CUDA autocast) |
+| ``torch-bf16`` | :mod:`.torch_backend` | CUDA, or a CPU with native bf16 (AVX512_BF16 or AMX) |
 | ``onnx``, ``onnx-int8`` | :mod:`.onnx` | CPU, extra ``rag-rerank[onnx]`` |
 | ``openvino``, ``openvino-bf16``, ``openvino-int8`` | :mod:`.openvino` | CPU, extra ``rag-rerank[openvino]`` |
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "Backend", "BackendNotAvailableError", "check_installed", "create_backend", "is_exported"]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+BACKENDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 _OPENVINO_PRECISION = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
 
 
@@ -32,9 +33,9 @@ def _check_name(name: str) -> None:
 
 
 def is_exported(name: str) -> bool:
-    """Whether ``name`` runs an exported copy of a saved model folder on CPU (everything but ``torch``)."""
+    """Whether ``name`` runs an exported copy of a saved model folder on CPU (everything but the torch backends)."""
     _check_name(name)
-    return name != "torch"
+    return not name.startswith("torch")
 
 
 def check_installed(name: str) -> None:
@@ -61,10 +62,10 @@ def create_backend(
 ) -> Backend:
     """Build backend ``name`` for a loaded ``CrossEncoder`` (``model_dir``: its folder, for the exported ones)."""
     check_installed(name)
-    if name == "torch":
+    if name.startswith("torch"):
         from rag_rerank.rerank.backends.torch_backend import TorchBackend
 
-        return TorchBackend(ce, num_threads=num_threads, autocast=autocast)
+        return TorchBackend(ce, num_threads=num_threads, autocast=autocast, bf16=name == "torch-bf16")
     if model_dir is None:
         raise BackendNotAvailableError(f"backend={name!r} exports a saved model; pass its folder, not a CrossEncoder")
     if name.startswith("openvino"):

@@ -5,9 +5,10 @@ Which backend is fastest depends on the CPU (on one machine with AVX512_BF16 and
 
 1. the probe: up to 8 queries x 8 passages of the model's own data (the folder's ``train_groups.jsonl``, which
    ``adapt``/``train`` write), else of the packaged sample documents;
-2. every installed backend (torch; onnx and onnx-int8 with ``rag-rerank[onnx]``; openvino, openvino-int8, and
-   openvino-bf16 where the CPU has native bf16, with ``rag-rerank[openvino]``) scores the probe three times after
-   a warm-up; its time is the fastest run (the least disturbed by other work on the machine);
+2. every installed backend (torch, and torch-bf16 where the CPU has native bf16; onnx and onnx-int8 with
+   ``rag-rerank[onnx]``; openvino, openvino-int8, and openvino-bf16 where the CPU has native bf16, with
+   ``rag-rerank[openvino]``) scores the probe three times after a warm-up; its time is the fastest run (the least
+   disturbed by other work on the machine);
 3. the per-query Spearman correlation of each backend's scores with fp32 torch's must be at least 0.99, and the
    backend at least as fast as torch; the fastest of those wins (torch always qualifies);
 4. the choice is cached per model (a hash of its weights), settings and machine (CPU model and flags, threads,
@@ -41,7 +42,7 @@ __all__ = ["MIN_SPEARMAN", "BackendChoice", "candidates", "choose_backend", "mac
 
 MIN_SPEARMAN = 0.99
 PROBE_QUERIES, PROBE_DOCS = 8, 8
-CHOICE_VERSION = "1"
+CHOICE_VERSION = "2"  # 2: torch-bf16 joined the candidates
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ def machine_key() -> str:
 
 def candidates() -> list[str]:
     """The backends installed here, in the order they are tried."""
-    out = ["torch"]
+    from rag_rerank.rerank.backends.base import native_cpu_bf16
+
+    out = ["torch", "torch-bf16"] if native_cpu_bf16() else ["torch"]
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
         out += ["onnx", "onnx-int8"]
     if importlib.util.find_spec("openvino"):

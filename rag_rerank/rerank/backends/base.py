@@ -65,6 +65,17 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+@functools.lru_cache(maxsize=1)
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo`` (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (the affinity mask where the OS has one)."""
     try:
