@@ -18,10 +18,12 @@ def test_spearman_per_query_by_hand() -> None:
     assert _spearman_per_query(a, -a, [6]) == pytest.approx(-1.0)
 
 
-def test_auto_picks_the_fastest_backend_at_parity_and_caches_the_choice(make_sharp_cross_encoder, tmp_path: Path):
+def test_auto_picks_the_fastest_backend_at_parity_and_caches_the_choice(make_sharp_cross_encoder, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from word_pairs import private_copy
 
     pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("RAG_RERANK_CACHE", str(tmp_path / "cache"))  # a fresh measurement, not an earlier run's
     pairs = [(f"query {i}", f"passage number {j} about topic {i}") for i in range(8) for j in range(8)]
     model = private_copy(make_sharp_cross_encoder(pairs), tmp_path / "m")
     rr = Reranker(str(model), backend="auto", cache_size=0)
@@ -46,3 +48,33 @@ def test_auto_is_torch_for_a_model_in_memory(tiny_cross_encoder_dir: Path) -> No
 
     rr = Reranker(CrossEncoder(str(tiny_cross_encoder_dir), device="cpu"), backend="auto")
     assert rr.config.backend == "torch" and rr.backend_choice is None
+
+
+def test_auto_serves_openvino_int8_as_probed_for_a_model_without_data(make_sharp_cross_encoder, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (CI of ee8092b): auto measured openvino-int8 calibrated on the probe for a model with no
+    train_groups.jsonl (the untrained ``embedded:minilm-ce``), then built it for serving without calibration pairs
+    and failed. Whatever picks openvino-int8 (a measurement or a cached choice), serving builds it as probed."""
+    from word_pairs import private_copy
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from rag_rerank.rerank.backends import auto
+
+    pairs = [(f"query {i}", f"passage number {j} about topic {i}") for i in range(8) for j in range(8)]
+    model = private_copy(make_sharp_cross_encoder(pairs), tmp_path / "m")
+    assert not (model / "train_groups.jsonl").exists()
+    probed: list[str] = []
+
+    def cached_int8_choice(model_dir, settings_key, build, score):  # what a cached openvino-int8 choice returns
+        probed.append(type(build("openvino-int8", auto.probe_pairs(model_dir)[0])).__name__)
+        return auto.BackendChoice(backend="openvino-int8", cached=True)
+
+    monkeypatch.setattr(auto, "choose_backend", cached_int8_choice)
+    rr = Reranker(str(model), backend="auto", cache_size=0)
+    assert probed == ["OpenVinoBackend"] and rr.config.backend == "openvino-int8"
+    served = rr.predict(pairs)
+    probed_model = Reranker(str(model), backend="openvino-int8", cache_size=0,
+                            calibration_pairs=auto.probe_pairs(model)[0])
+    assert np.isfinite(served).all()
+    np.testing.assert_allclose(served, probed_model.predict(pairs), rtol=1e-5, atol=1e-6)  # the measured model

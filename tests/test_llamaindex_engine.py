@@ -204,9 +204,11 @@ def _healthy(base_url: str) -> bool:
 
 @pytest.mark.slow
 def test_embedded_llm_engine_answers_with_reranked_sources(hybrid: HybridRetriever) -> None:
-    """The whole recipe on the packaged models: hybrid retriever -> minilm-ce -> SmolLM2 via llama.cpp."""
+    """The whole recipe on the packaged models: hybrid retriever -> minilm-ce -> SmolLM2 via llama.cpp.
+
+    torch is pinned on both sides, so the sources' scores can be compared exactly."""
     retriever = RagRerankHybridRetriever(hybrid, similarity_top_k=6)
-    reranker = RagRerankPostprocessor(model="embedded:minilm-ce", top_k=3, device="cpu")
+    reranker = RagRerankPostprocessor(model="embedded:minilm-ce", top_k=3, device="cpu", backend="torch")
     with open_query_engine(retriever, reranker=reranker, max_tokens=48, llm_threads=2) as engine:
         base_url = engine._response_synthesizer._llm.api_base
         assert _healthy(base_url)
@@ -215,7 +217,7 @@ def test_embedded_llm_engine_answers_with_reranked_sources(hybrid: HybridRetriev
 
     assert isinstance(response.response, str) and response.response.strip()
     candidates = retriever.retrieve(QUERY)
-    independent = Reranker("embedded:minilm-ce", device="cpu", cache_size=0)
+    independent = Reranker("embedded:minilm-ce", device="cpu", cache_size=0, backend="torch")
     scores = independent.predict([(QUERY, n.node.text) for n in candidates])
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))[:3]
     assert _ids(response.source_nodes) == [candidates[i].node.node_id for i in order]

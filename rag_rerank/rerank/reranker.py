@@ -229,7 +229,9 @@ class Reranker:
         if auto:
             backend = self._choose_backend(model_dir, build)
             self.config = dataclasses.replace(self.config, backend=backend)
-        self._backend = build(backend)
+            self._backend = self._build_as_probed(backend, model_dir, build)
+        else:
+            self._backend = build(backend)
         self._cache = ScoreCache(cache_size)
         # everything that changes a score is part of the cache's model key
         self._cache_model_key = (f"{model}|{backend}|{activation}|{self.max_length}|{long_documents}|{window_stride}"
@@ -255,16 +257,24 @@ class Reranker:
             finally:
                 self._backend = saved
 
-        def make(name: str, probe: list[tuple[str, str]]) -> Any:
-            own = self._calibration is not None or (model_dir / "train_groups.jsonl").is_file()
-            return build(name) if own or name != "openvino-int8" else build(name, calibration_pairs=probe)
-
         try:
-            self.backend_choice = choose_backend(model_dir, settings, make, score)
+            self.backend_choice = choose_backend(
+                model_dir, settings, lambda name, _probe: self._build_as_probed(name, model_dir, build), score)
         except BackendNotAvailableError as e:  # e.g. no weights file an exporter understands
             logger.info("backend auto -> torch (%s)", str(e).splitlines()[0])
             return "torch"
         return self.backend_choice.backend
+
+    def _build_as_probed(self, name: str, model_dir: Any, build: Any) -> Any:
+        """Build backend ``name`` exactly as ``auto`` measured it: ``openvino-int8`` for a model with no data of its
+        own (no ``train_groups.jsonl``, no ``calibration_pairs``) calibrates on the probe's pairs, both while probing
+        and when serving the choice (cached or not), so the served model is the measured one."""
+        from rag_rerank.rerank.backends.auto import probe_pairs
+
+        own = self._calibration is not None or (model_dir / "train_groups.jsonl").is_file()
+        if own or name != "openvino-int8":
+            return build(name)
+        return build(name, calibration_pairs=probe_pairs(model_dir)[0])
 
     @property
     def effective_precision(self) -> str:

@@ -38,7 +38,8 @@ from rag_rerank.models import cache_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_SPEARMAN", "BackendChoice", "candidates", "choose_backend", "machine_info", "machine_key"]
+__all__ = ["MIN_SPEARMAN", "BackendChoice", "candidates", "choose_backend", "machine_info", "machine_key",
+           "probe_pairs"]
 
 MIN_SPEARMAN = 0.99
 PROBE_QUERIES, PROBE_DOCS = 8, 8
