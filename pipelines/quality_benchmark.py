@@ -133,7 +133,7 @@ def _one_run(args: argparse.Namespace, preset: Preset, name: str, work: Path, da
     run_dir = work / name
     examples = None
     if name == "examples":
-        examples = run_dir / "query_examples.txt"
+        examples = work / f"{name}_query_examples.txt"  # beside the run folder: adapt takes only an empty new one
         if not examples.is_file():
             with atomic_write(examples) as f:
                 f.write("\n".join(" ".join(queries[q].split()) for q in example_ids) + "\n")
