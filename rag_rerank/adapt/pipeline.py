@@ -131,7 +131,9 @@ def adapt(
         plan = run.plan or _plan(docs_dir, run, recipe, llm, base_url, base_model, max_chunks, max_steps,
                                  budget_minutes, seed, llm_kind, style, say)
         say(plan.describe())
-        deadline = None if budget_minutes is None else started + budget_minutes * 60.0 - plan.est_other_s / 2
+        # an over-budget plan (the fewest chunks and steps that can show anything) keeps its own estimate
+        deadline = None if budget_minutes is None else \
+            started + max(budget_minutes * 60.0, plan.est_total_s) - plan.est_other_s / 2
         run.stage("generate", lambda: _generate(docs_dir, run, recipe, llm, base_url, plan.chunks, seed, style,
                                                 show_progress_bar), say)
         if stop_after == "generate":
@@ -399,5 +401,7 @@ def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model
     timings = read_json(run.dataset_dir / "manifest.json").get("timings", {})
     asked = timings.get("requests_this_run") or 0
     s_chunk = timings.get("llm_seconds", 0) / asked if asked >= 8 else None
-    step = run.stage_result("train").get("s_per_step")
+    train = run.stage_result("train")
+    # a short run's wall time per step is mostly its evaluations and the backend probe, not steps
+    step = train.get("s_per_step") if train.get("steps", 0) >= 20 else None
     save_throughput(llm_kind, training_key(recipe, base_model), s_chunk, step)

@@ -30,7 +30,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["Plan", "Throughput", "load_throughput", "make_plan", "save_throughput"]
 
 KEPT_PER_ASKED = 0.72  # questions kept per question asked (SQuAD, embedded SmolLM2: 3,226 of 4,474)
-EVAL_STEP_EQUIVALENT = 0.25  # one validation question scored at top-20 costs about this many training steps
+# one question scored at top-20 (checkpoint evaluations, the fusion choice, the test report) costs about this many
+# training steps: measured 0.06 in the 0.2 headline (about 1,100 questions scored in 450 s beside 323 steps at
+# 6.5 s) and 0.09 in `make demo` (52 test questions in 34 s, 7.4 s/step), both bf16 on 2 cores; 0.1 is a margin
+EVAL_STEP_EQUIVALENT = 0.1
+BACKEND_PROBE_S = 90.0  # ``backend="auto"`` measures the installed backends once for the trained model (exports)
+BUDGET_MIN_STEPS = 20  # a budget never plans fewer listwise steps: fewer cannot leave a new head's plateau
 PRIOR_S_PER_CHUNK = {"embedded": 1.2, "remote": 0.5}
 PRIOR_S_PER_STEP = 7.0  # MiniLM-L6, 8 groups of 1 + 4, 192 tokens, fp32, 2 cores
 
@@ -67,6 +72,8 @@ class Plan:
     def describe(self) -> str:
         """A few lines for the console."""
         budget = f" (budget {self.budget_minutes:g} min)" if self.budget_minutes else ""
+        if self.budget_minutes and self.est_total_s > self.budget_minutes * 60 * 1.05:
+            budget += " - OVER BUDGET: the fewest chunks and steps that can show anything"
         return (f"plan: {self.chunks} of {self.chunks_total} chunks -> about {self.questions} questions "
                 f"({self.train_groups} train, {self.val_questions} validation); {self.steps} training steps\n"
                 f"      estimated {self.est_total_s / 60:.0f} min{budget}: "
@@ -115,31 +122,66 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
               chunks_done: int = 0, source: str = "priors") -> Plan:
     """Chunks and steps for a run (capped by ``max_chunks`` / ``max_steps``, or sized to ``budget_minutes``).
 
-    With a budget, generation gets up to half of it and training (with its evaluations) most of the rest; a
-    smaller run means fewer chunks first, because too few questions cannot show a gain anyway.
+    The training estimate counts the warm start (at its shorter length), the listwise steps, every scored question
+    (the checkpoint evaluations, the fusion choice and the test report) and ``auto``'s one-off backend probe.
+
+    With a budget, generation gets up to half of it and training the rest. Training is never planned below the
+    recipe's floor (``min_steps``, or the data's one epoch if smaller) while fewer chunks can make room for it, and
+    chunks are only dropped down to the count that still gives ``min_val_queries`` validation questions. When even
+    that does not fit, the plan keeps at least ``BUDGET_MIN_STEPS`` listwise steps and says that it is over budget
+    (``est_total_s`` > the budget): a run that cannot train is no use at any size.
+
+    Example:
+        >>> p = make_plan(187, "default", s_per_chunk=1.6, s_per_step=7.4, budget_minutes=13)
+        >>> p.chunks, p.val_questions, p.steps >= BUDGET_MIN_STEPS
+        (173, 50, True)
     """
     recipe = get_recipe(recipe)
-    n_ask = recipe.generation.questions_per_chunk
     chunks = n_chunks if max_chunks is None else min(n_chunks, max_chunks)
-    other = 60.0 + 0.05 * chunks  # index + mining + reports, roughly linear in the corpus
+    chunks_done = min(chunks_done, chunks)
+
+    def shape(c: int) -> tuple[int, int, int, int, int]:
+        questions = int(c * recipe.generation.questions_per_chunk * KEPT_PER_ASKED)
+        val, test = split_targets(questions, recipe.generation.split_ratios)
+        train_groups = max(0, questions - val - test)
+        steps = recipe.steps_for(train_groups)
+        return questions, val, test, train_groups, steps if max_steps is None else min(steps, max_steps)
+
+    def other_s(c: int) -> float:
+        return 60.0 + 0.05 * c + BACKEND_PROBE_S  # index, mining, reports (linear in the corpus), the backend probe
+
+    def training_s(steps: int, val: int, test: int) -> float:
+        t = recipe.training
+        warm = min(t.warm_start_steps, steps) * t.warm_start_max_length / t.max_length
+        scored = (recipe.evaluations * min(val, recipe.checkpoint_eval_queries or val)
+                  + min(val, recipe.max_eval_queries or val) + test)
+        return (warm + steps + scored * EVAL_STEP_EQUIVALENT) * s_per_step
+
+    def steps_that_fit(c: int, budget: float) -> int:
+        _, val, test, _, steps = shape(c)
+        room = budget - (c - chunks_done) * s_per_chunk - other_s(c)
+        while steps > 0 and training_s(steps, val, test) > room:
+            steps -= 1
+        return steps
+
     if budget_minutes is not None:
         budget = budget_minutes * 60.0
-        gen_room = max(0.0, 0.5 * budget - other / 2)
-        chunks = min(chunks, max(chunks_done, int(gen_room / s_per_chunk) + chunks_done))
-    questions = int(chunks * n_ask * KEPT_PER_ASKED)
-    val, test = split_targets(questions, recipe.generation.split_ratios)
-    train_groups = max(0, questions - val - test)
-    steps = recipe.steps_for(train_groups)
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    eval_cost = recipe.evaluations * min(val, recipe.max_eval_queries or val) * EVAL_STEP_EQUIVALENT
-    if budget_minutes is not None:
-        left = budget_minutes * 60.0 - (chunks - chunks_done) * s_per_chunk - other
-        steps = max(1, min(steps, int(left / s_per_step - eval_cost)))
+        fewest = chunks  # the fewest chunks that still give enough validation questions (or all there are)
+        while fewest > chunks_done and shape(fewest - 1)[1] >= recipe.min_val_queries:
+            fewest -= 1
+        gen_room = max(0.0, 0.5 * budget - other_s(chunks) / 2)
+        chunks = min(chunks, max(fewest, chunks_done, int(gen_room / s_per_chunk) + chunks_done))
+        floor = min(recipe.min_steps, shape(chunks)[4])
+        while steps_that_fit(chunks, budget) < floor and chunks > fewest:
+            chunks = max(fewest, chunks - max(1, chunks // 20))
+        questions, val, test, train_groups, steps = shape(chunks)
+        steps = min(steps, max(steps_that_fit(chunks, budget), min(steps, BUDGET_MIN_STEPS)))
+    else:
+        questions, val, test, train_groups, steps = shape(chunks)
     return Plan(
         chunks_total=n_chunks, chunks=chunks, questions=questions, train_groups=train_groups, val_questions=val,
         steps=steps, est_generation_s=max(0, chunks - chunks_done) * s_per_chunk,
-        est_training_s=(steps + eval_cost) * s_per_step, est_other_s=other,
+        est_training_s=training_s(steps, val, test), est_other_s=other_s(chunks),
         throughput=f"{s_per_chunk:.2f} s/chunk, {s_per_step:.1f} s/step, {source}", budget_minutes=budget_minutes,
     )
 

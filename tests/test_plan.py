@@ -1,0 +1,45 @@
+"""adapt's plan: chunks and steps sized to a budget never leave a run that cannot train or cannot be judged."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag_rerank.adapt.plan import BUDGET_MIN_STEPS, make_plan
+from rag_rerank.train.recipes import get_recipe
+
+DEFAULT = get_recipe("default")
+
+
+def test_the_demo_budget_trains_instead_of_one_step() -> None:
+    """Regression: `make demo` (187 sample chunks, 13 minutes, 1.96 s/chunk and 7.4 s/step measured on a 2-core
+    CPU) was planned at 1 training step: the evaluations' estimate left no room for training."""
+    plan = make_plan(187, DEFAULT, s_per_chunk=1.96, s_per_step=7.4, budget_minutes=13, chunks_done=8)
+    assert plan.steps >= BUDGET_MIN_STEPS
+    assert plan.val_questions >= DEFAULT.min_val_queries  # and the verdict can still be judged
+
+
+@pytest.mark.parametrize("budget", [3, 8, 13, 20, 40, 90])
+@pytest.mark.parametrize("n_chunks", [40, 187, 2237])
+def test_a_budget_plan_keeps_enough_validation_and_a_floor_of_steps(n_chunks: int, budget: float) -> None:
+    plan = make_plan(n_chunks, DEFAULT, s_per_chunk=1.5, s_per_step=7.0, budget_minutes=budget)
+    everything = make_plan(n_chunks, DEFAULT, s_per_chunk=1.5, s_per_step=7.0)
+    # validation questions: as many as the recipe needs to judge, whenever the whole corpus gives that many
+    assert plan.val_questions >= min(DEFAULT.min_val_queries, everything.val_questions)
+    assert 1 <= plan.chunks <= n_chunks and plan.steps <= everything.steps
+    assert plan.steps >= min(BUDGET_MIN_STEPS, everything.steps)
+    fits = plan.est_total_s <= budget * 60 * 1.0001
+    # over budget only at the floor: the fewest chunks that give enough validation questions, the fewest steps
+    assert fits or plan.steps == min(BUDGET_MIN_STEPS, everything.steps), plan
+    assert ("OVER BUDGET" in plan.describe()) == (plan.est_total_s > budget * 60 * 1.05)
+
+
+def test_more_budget_never_means_less_training() -> None:
+    steps = [make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0, budget_minutes=b).steps
+             for b in (10, 20, 40, 80, 160, 320)]
+    assert steps == sorted(steps) and steps[-1] == make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0).steps
+
+
+def test_without_a_budget_the_plan_is_the_recipe() -> None:
+    plan = make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0)
+    assert (plan.chunks, plan.steps) == (2237, DEFAULT.steps_for(plan.train_groups))
+    assert make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0, max_chunks=100, max_steps=8).steps == 8
