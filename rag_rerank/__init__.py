@@ -19,7 +19,7 @@ from rag_rerank._lazy import attach
 __version__ = "0.2.0"
 
 __getattr__, __dir__, _names = attach(__name__, {
-    "rag_rerank.adapt.pipeline": ("adapt",),
+    "rag_rerank.adaptation.pipeline": ("adapt",),
     "rag_rerank.train.recipes": ("Recipe", "get_recipe"),
     "rag_rerank.errors": ("ConfigError", "DataError", "LLMError", "ModelUnavailableError", "RagRerankError"),
     "rag_rerank.evaluate.compare": ("evaluate_systems",),

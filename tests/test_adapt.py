@@ -236,3 +236,19 @@ def test_cli_adapt_two_sample_documents_offline_with_the_embedded_models(tmp_pat
     assert report["shipped_system"] in report["systems"] and TUNED in report["systems"]
     assert f"{report['shipped_system']}_vs_{TUNED}" in report["delta"]
     assert "VERDICT (validation):" in proc.stderr and "shipped system:" in proc.stdout
+
+
+def test_a_budget_run_trains_the_steps_it_planned(tmp_path: Path, stub: StubOpenAIServer,
+                                                  tiny_cross_encoder_dir: Path, tiny_bi_encoder_dir: Path) -> None:
+    """`--budget-minutes` (what `make demo` runs): measured throughput, a plan that trains (not 1 step, as the demo
+    once was) and keeps enough validation questions when the corpus has them, and a deadline that lets it finish."""
+    from rag_rerank.adaptation.plan import BUDGET_MIN_STEPS
+
+    result = rr.adapt(_two_docs(tmp_path / "docs"), tmp_path / "run", llm="openai:stub", base_url=stub.base_url,
+                      base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=30,
+                      budget_minutes=1.0, echo=lambda _: None)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    summary = json.loads(result.summary_path.read_text())
+    assert plan["throughput"].endswith("measured now") and plan["budget_minutes"] == 1.0
+    assert plan["steps"] >= BUDGET_MIN_STEPS
+    assert summary["training"]["steps"] == plan["steps"]  # the deadline did not cut what the plan asked for

@@ -135,6 +135,21 @@ def test_import_is_light_and_the_public_api_is_there() -> None:
     assert len(out["all"]) <= 20  # a small face
 
 
+def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
+    """A public name that is also a submodule's name (``rag_rerank.adapt``, the function, and a package of that name)
+    turns into the module as soon as anything imports that submodule: ``rr.adapt(...)`` then raised "'module' object
+    is not callable" after ``import rag_rerank.adapt.plan``."""
+    import rag_rerank
+
+    shadowed = [n for n in rag_rerank.__all__ if (PKG / n).is_dir() or (PKG / f"{n}.py").is_file()]
+    assert shadowed == []
+    code = ("import importlib, pkgutil, rag_rerank as rr, inspect; "
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(rr.__path__, 'rag_rerank.') if m.ispkg]; "
+            "print([n for n in rr.__all__ if inspect.ismodule(getattr(rr, n))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
 IMPORTABLE = sorted(n for n in MODULES if not any(s in n for s in ("integrations", "_llama_server", "__main__")))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag_rerank.adapt.plan import BUDGET_MIN_STEPS, make_plan
+from rag_rerank.adaptation.plan import BUDGET_MIN_STEPS, make_plan
 from rag_rerank.train.recipes import get_recipe
 
 DEFAULT = get_recipe("default")

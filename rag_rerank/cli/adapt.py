@@ -52,7 +52,7 @@ def adapt_cmd(docs_dir: Path, out_dir: Path, recipe: str, llm: str, base_url: st
     Example:
       rag-rerank adapt my_docs/ --out runs/my_docs --budget-minutes 60
     """
-    from rag_rerank.adapt.pipeline import adapt
+    from rag_rerank.adaptation.pipeline import adapt
 
     result = adapt(docs_dir, out_dir, recipe=recipe, llm=llm, base_url=base_url, base_model=base_model,
                    bi_encoder=bi_encoder, max_chunks=max_chunks, max_steps=max_steps, budget_minutes=budget_minutes,

@@ -31,7 +31,7 @@ from rag_rerank.data import SAMPLE_DOCS
 def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minutes: float, seed: int,
              question: str | None) -> None:
     """Adapt a reranker to the sample documents with the embedded models, then answer a question with sources."""
-    from rag_rerank.adapt.pipeline import adapt
+    from rag_rerank.adaptation.pipeline import adapt
     from rag_rerank.generate.store import load_qa_dataset
     from rag_rerank.integrations.llamaindex import format_answer, open_query_engine
 

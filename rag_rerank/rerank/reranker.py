@@ -47,14 +47,13 @@ import numpy as np
 from rag_rerank.errors import ConfigError, RagRerankError
 from rag_rerank.models import default_device, load_cross_encoder, resolve_model_path
 from rag_rerank.rerank.backends import BackendNotAvailableError, check_installed, create_backend, is_exported
+from rag_rerank.rerank.backends.auto import BackendChoice, build_as_probed
 from rag_rerank.rerank.inputs import check_pairs, check_positive
 from rag_rerank.rerank.score_cache import CacheInfo, ScoreCache, doc_hash
 from rag_rerank.rerank.windows import MIN_WINDOW_TOKENS, make_windows, pair_lengths, query_budget, truncate_query
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
-
-    from rag_rerank.rerank.backends.auto import BackendChoice
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +228,7 @@ class Reranker:
         if auto:
             backend = self._choose_backend(model_dir, build)
             self.config = dataclasses.replace(self.config, backend=backend)
-            self._backend = self._build_as_probed(backend, model_dir, build)
+            self._backend = build_as_probed(backend, model_dir, build, has_calibration=calibration_pairs is not None)
         else:
             self._backend = build(backend)
         self._cache = ScoreCache(cache_size)
@@ -259,22 +258,12 @@ class Reranker:
 
         try:
             self.backend_choice = choose_backend(
-                model_dir, settings, lambda name, _probe: self._build_as_probed(name, model_dir, build), score)
+                model_dir, settings, lambda name, _probe: build_as_probed(
+                    name, model_dir, build, has_calibration=self._calibration is not None), score)
         except BackendNotAvailableError as e:  # e.g. no weights file an exporter understands
             logger.info("backend auto -> torch (%s)", str(e).splitlines()[0])
             return "torch"
         return self.backend_choice.backend
-
-    def _build_as_probed(self, name: str, model_dir: Any, build: Any) -> Any:
-        """Build backend ``name`` exactly as ``auto`` measured it: ``openvino-int8`` for a model with no data of its
-        own (no ``train_groups.jsonl``, no ``calibration_pairs``) calibrates on the probe's pairs, both while probing
-        and when serving the choice (cached or not), so the served model is the measured one."""
-        from rag_rerank.rerank.backends.auto import probe_pairs
-
-        own = self._calibration is not None or (model_dir / "train_groups.jsonl").is_file()
-        if own or name != "openvino-int8":
-            return build(name)
-        return build(name, calibration_pairs=probe_pairs(model_dir)[0])
 
     @property
     def effective_precision(self) -> str:

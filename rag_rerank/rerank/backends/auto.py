@@ -39,7 +39,7 @@ from rag_rerank.models import cache_dir
 logger = logging.getLogger(__name__)
 
 __all__ = ["MIN_SPEARMAN", "BackendChoice", "candidates", "choose_backend", "machine_info", "machine_key",
-           "probe_pairs"]
+           "build_as_probed", "probe_pairs"]
 
 MIN_SPEARMAN = 0.99
 PROBE_QUERIES, PROBE_DOCS = 8, 8
@@ -155,6 +155,15 @@ def probe_pairs(model_dir: Path) -> tuple[list[tuple[str, str]], list[int]]:
             groups.append((query, [paras[(i + j * 3) % len(paras)] for j in range(PROBE_DOCS)]))
     pairs = [(q, d) for q, docs in groups for d in docs]
     return pairs, [len(docs) for _, docs in groups]
+
+
+def build_as_probed(name: str, model_dir: Path, build: Callable[..., Any], *, has_calibration: bool) -> Any:
+    """Build backend ``name`` exactly as the probe measures it: ``openvino-int8`` for a model with no data of its
+    own (no ``train_groups.jsonl``, no ``calibration_pairs``) calibrates on the probe's pairs, both while probing
+    and when serving the choice (cached or not), so the served model is the measured one."""
+    if has_calibration or name != "openvino-int8" or (model_dir / "train_groups.jsonl").is_file():
+        return build(name)
+    return build(name, calibration_pairs=probe_pairs(model_dir)[0])
 
 
 def choose_backend(model_dir: Path, settings_key: str, build: Callable[[str, list[tuple[str, str]]], Any],

@@ -8,6 +8,6 @@ machine and a time budget), ``runfolder`` (resume, lock, identity) and ``pipelin
 from rag_rerank._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
-    "rag_rerank.adapt.pipeline": ("AdaptResult", "adapt"),
-    "rag_rerank.adapt.first_stage": ("FirstStageChoice", "tune_first_stage"),
+    "rag_rerank.adaptation.pipeline": ("AdaptResult", "adapt"),
+    "rag_rerank.adaptation.first_stage": ("FirstStageChoice", "tune_first_stage"),
 })

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.adapt.first_stage import DEFAULT_FUSION, FirstStageChoice, tune_first_stage
-from rag_rerank.adapt.plan import Plan, load_throughput, make_plan, save_throughput, training_key
-from rag_rerank.adapt.runfolder import RunFolder
+from rag_rerank.adaptation.first_stage import DEFAULT_FUSION, FirstStageChoice, tune_first_stage
+from rag_rerank.adaptation.plan import Plan, load_throughput, make_plan, save_throughput, training_key
+from rag_rerank.adaptation.runfolder import RunFolder
 from rag_rerank.errors import DataError
 from rag_rerank.rerank.fusion import TUNED, FusionChoice, load_fusion
 from rag_rerank.train.recipes import Recipe, get_recipe
@@ -189,7 +189,7 @@ def _plan(docs_dir: Any, run: RunFolder, recipe: Recipe, llm: str, base_url: str
     tp = load_throughput(llm_kind, training_key(recipe, base_model))
     s_chunk, s_step, source, done = tp.s_per_chunk, tp.s_per_step, tp.source, 0
     if budget_minutes is not None:
-        from rag_rerank.adapt.calibrate import measure_chunks, measure_step
+        from rag_rerank.adaptation.calibrate import measure_chunks, measure_step
 
         say("measuring this machine's throughput for the budget (a few chunks and two training steps) ...")
         done = min(len(chunks), 8)

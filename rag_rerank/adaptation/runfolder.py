@@ -96,7 +96,7 @@ class RunFolder:
     @property
     def plan(self) -> Any:
         """The plan recorded by the first run (a rerun keeps it), or ``None``."""
-        from rag_rerank.adapt.plan import Plan
+        from rag_rerank.adaptation.plan import Plan
 
         path = self.path / "plan.json"
         if not path.is_file():
