@@ -116,3 +116,43 @@ def test_new_head_detection(tiny_cross_encoder_dir, tiny_bi_encoder_dir):
     # a plain encoder (no classifier weights, e.g. the bi-encoder's BertModel) gets a new head as a cross-encoder
     assert (tiny_bi_encoder_dir / "model.safetensors").is_file()
     assert has_new_head(str(tiny_bi_encoder_dir))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_same_model(dataset, index_dir, tiny_bi_encoder_dir, tiny_cross_encoder_dir,
+                                                     tmp_path):
+    """Scale-out: `torchrun --nproc_per_node 2 -m rag_rerank train ...` (gloo on CPU) runs the same training as one
+    process (same global batch, steps and schedule: each process takes half of every batch), and only the main
+    process writes (one model, one CSV row per evaluation, one fusion.json)."""
+    import csv
+    import os
+    import subprocess
+
+    import numpy as np
+    from sentence_transformers import CrossEncoder
+
+    from rag_rerank.rerank.fusion import load_fusion
+
+    args = ["train", str(dataset), "--index", str(index_dir), "--bi-encoder", str(tiny_bi_encoder_dir),
+            "--base-model", str(tiny_cross_encoder_dir), "--max-steps", "6", "--batch-size", "4",
+            "--group-size", "3", "--max-length", "96", "--sanity-gate", "off", "--precision", "no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # fp32 both: bf16 autocast is for one process on CPU
+    one = subprocess.run([sys.executable, "-m", "rag_rerank", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "rag_rerank", *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=900, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("model saved to") == 1  # the main process reports
+    for run in ("one", "two"):
+        with (tmp_path / run / "eval" / "reranking_evaluation_val_results@10.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [r["steps"] for r in rows] == sorted({r["steps"] for r in rows}, key=int)  # no row twice
+    assert load_fusion(tmp_path / "two") is not None
+    pairs = [(r["query"], d) for r in map(json.loads, (tmp_path / "one" / "train_groups.jsonl").open())
+             for d in [r["positive"], *r["negatives"]]][:200]
+    s1 = CrossEncoder(str(tmp_path / "one"), device="cpu").predict(pairs, show_progress_bar=False)
+    s2 = CrossEncoder(str(tmp_path / "two"), device="cpu").predict(pairs, show_progress_bar=False)
+    print("score correlation, 1 vs 2 processes:", np.corrcoef(s1, s2)[0, 1])
+    assert np.corrcoef(s1, s2)[0, 1] > 0.9  # the same model up to dropout's randomness

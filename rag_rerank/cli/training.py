@@ -178,6 +178,10 @@ def train_cmd(ctx, dataset_dir, out, base_model, target, groups, recipe, loss, e
     result = finetune(dataset_dir, out, recipe=recipe, index_dir=index_dir, base_model=base_model,
                       bi_encoder=bi_encoder, mining=mining, groups=groups, max_train_queries=max_queries,
                       command=command, **overrides)
+    from rag_rerank.train.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun the main process reports
+        return
     click.echo(f"model saved to {result.out_dir} ({result.steps} steps, {result.wall_time_s:.0f}s)")
     if result.fusion_alpha is not None:
         click.echo(f"fusion alpha {result.fusion_alpha:g} chosen on the validation split (fusion.json): "

@@ -4,8 +4,8 @@ Modules: ``recipes`` (every setting of the chain, named), ``config`` (:class:`Re
 :class:`TrainResult`), ``mining`` and ``groups`` (hard
 negatives and training rows), ``losses``, ``reranker_trainer`` (:func:`train_reranker`), ``bi_encoder``,
 ``evaluators`` (MSE and realistic reranking), ``guards`` (preflight, NaN stop, sanity gate, verdict),
-``model_card``, ``soup`` (checkpoint averaging), ``legacy`` (the seeds' ``fit``) and ``finetune`` (the glue:
-:func:`finetune`).
+``model_card``, ``soup`` (checkpoint averaging), ``legacy`` (the seeds' ``fit``), ``distributed`` (torchrun:
+the per-process batch and the one writer) and ``finetune`` (the glue: :func:`finetune`).
 """
 
 from rag_rerank._lazy import attach

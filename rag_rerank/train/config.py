@@ -222,6 +222,12 @@ def precision_args(mode: str) -> dict[str, bool]:
     if mode == "no":
         return {}
     if not torch.cuda.is_available():
+        from rag_rerank.train.distributed import world_size
+
+        if mode in ("auto", "bf16") and world_size() > 1:  # measured: DDP's backward then fails ("mark a variable
+            logger.warning("bf16 autocast is not available for multi-process CPU training (torchrun): training in "
+                           "fp32")  # ready only once") with transformers 5 / accelerate on CPU
+            return {}
         if mode in ("auto", "bf16") and native_cpu_bf16():
             return {"bf16": True, "use_cpu": True}  # transformers asks for use_cpu to allow bf16 without a GPU
         if mode in ("bf16", "fp16"):

@@ -27,6 +27,7 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from rag_rerank.errors import ConfigError
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.rerank.reranker import Reranker, sigmoid
+from rag_rerank.train.distributed import is_main_process
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -35,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 def _append_csv(output_path: str | None, filename: str, header: list[str], row: list[Any]) -> None:
-    """Append one row to ``output_path/filename``, writing the header only when the file is new."""
-    if output_path is None:
+    """Append one row to ``output_path/filename``, writing the header only when the file is new (under torchrun, the
+    main process writes)."""
+    if output_path is None or not is_main_process():
         return
     os.makedirs(output_path, exist_ok=True)
     path = os.path.join(output_path, filename)

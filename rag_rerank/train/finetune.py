@@ -26,6 +26,7 @@ from rag_rerank.generate.store import QADataset, load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_jsonl
 from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, save_fusion
 from rag_rerank.train.config import RerankerTrainingConfig, TrainResult, warm_start_applies
+from rag_rerank.train.distributed import is_main_process
 from rag_rerank.train.groups import add_teacher_scores, build_groups
 from rag_rerank.train.mining import MiningConfig, MiningResult, mine_hard_negatives
 from rag_rerank.train.model_card import set_shipped_verdict
@@ -251,10 +252,11 @@ def finetune(
     samples = samples_from_run(*val, top_k=top_k)[: recipe.checkpoint_eval_queries]
     if not samples:
         logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
-    write_jsonl(Path(out_dir) / "train_groups.jsonl", rows)
+    if is_main_process():  # under torchrun, one process writes (rag_rerank.train.distributed)
+        write_jsonl(Path(out_dir) / "train_groups.jsonl", rows)
     result = train_reranker(base_model, rows, out_dir=out_dir, config=cfg, eval_samples=samples or None,
                             command=command, callbacks=callbacks)
-    if samples and fusion:
+    if samples and fusion and is_main_process():
         choice = choose_fusion(out_dir, *val, top_k=top_k, min_queries=recipe.min_val_queries, first_stage=first_stage,
                                show_progress_bar=show_progress_bar)
         result = replace(result, fusion_alpha=choice.alpha, fusion=choice,

@@ -38,6 +38,7 @@ from rag_rerank.train.config import (
     training_precision,
     warm_start_applies,
 )
+from rag_rerank.train.distributed import barrier, broadcast_from_main, is_main_process, per_process_batch
 from rag_rerank.train.guards import (
     NonFiniteLossCallback,
     SanityGateCallback,
@@ -305,7 +306,7 @@ def train_reranker(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_process_batch(cfg.batch_size),
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         learning_rate_mapping=lr_mapping,
@@ -352,8 +353,14 @@ def train_reranker(
     logger.info("training %s on %d rows (%s loss, group %d, %d steps, head lr %s)", base_model, n_rows,
                 cfg.loss, cfg.train_group_size, total, head_lr)
     t0 = time.perf_counter()
-    trainer = quiet(CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                        evaluator=evaluator, callbacks=cbs))
+    class _Trainer(CrossEncoderTrainer):  # under torchrun, every process gets the metrics (train/distributed.py)
+        def evaluation_loop(self, *a: Any, **k: Any) -> Any:
+            output = super().evaluation_loop(*a, **k)
+            output.metrics.update(broadcast_from_main(output.metrics))
+            return output
+
+    trainer = quiet(_Trainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
+                             callbacks=cbs))
     trainer.train(resume_from_checkpoint=_resume_point(cfg.resume_from_checkpoint, out / "checkpoints"))
     wall = time.perf_counter() - t0 + warm.get("seconds", 0.0)
     if nonfinite.fired:
@@ -363,11 +370,12 @@ def train_reranker(
     if has_eval and not eval_after:  # the final weights were never evaluated: do it now
         eval_after = {k: v for k, v in evaluator(model).items() if k not in first_stage}
 
-    model.save_pretrained(str(out))
-    if (out / "checkpoints" / "eval").is_dir():  # the evaluators' CSVs outlive the checkpoints
-        shutil.copytree(out / "checkpoints" / "eval", out / "eval", dirs_exist_ok=True)
-    if not cfg.keep_checkpoints and not gate.fired:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if is_main_process():  # under torchrun, one process writes (rag_rerank.train.distributed)
+        model.save_pretrained(str(out))
+        if (out / "checkpoints" / "eval").is_dir():  # the evaluators' CSVs outlive the checkpoints
+            shutil.copytree(out / "checkpoints" / "eval", out / "eval", dirs_exist_ok=True)
+        if not cfg.keep_checkpoints and not gate.fired:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     improved, verdict = verdict_for(gate, evaluator, first_stage, eval_before, eval_after)
     (logger.info if improved else logger.warning)("VERDICT: %s", verdict)
     summary = {"rows": len(train_groups), "used_rows": n_rows, "dropped_no_negatives": dropped,
@@ -376,12 +384,15 @@ def train_reranker(
                "warm_start": warm or None, "queries_cut": n_cut, "max_query_tokens": budget,
                "precision": precision}
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
-    write_model_card(out, render_model_card(
+    card = render_model_card(
         base_model=base_model, data_summary=summary, config=dataclasses.replace(cfg, head_learning_rate=head_lr),
         first_stage=first_stage,
         eval_before=eval_before, eval_after=eval_after, verdict=verdict, train_loss=history,
         steps=trainer.state.global_step, wall_time_s=wall, command=command,
-    ))
+    )
+    if is_main_process():
+        write_model_card(out, card)
+    barrier()  # the other processes return once the model is on disk
     result = TrainResult(
         out_dir=out, train_loss=history, first_stage=first_stage, eval_before=eval_before,
         eval_after=eval_after, steps=trainer.state.global_step, wall_time_s=wall, collapsed=gate.fired,

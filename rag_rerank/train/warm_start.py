@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rag_rerank.errors import ConfigError
+from rag_rerank.train.distributed import per_process_batch
 from rag_rerank.train.guards import quiet
 
 if TYPE_CHECKING:
@@ -90,7 +92,8 @@ def warm_start(model: CrossEncoder, columns: dict[str, list[Any]], cfg: Reranker
     start = time.perf_counter()
     try:
         args = CrossEncoderTrainingArguments(
-            output_dir=str(tmp), max_steps=cfg.warm_start_steps, per_device_train_batch_size=cfg.batch_size,
+            output_dir=str(tmp), max_steps=cfg.warm_start_steps,
+            per_device_train_batch_size=per_process_batch(cfg.batch_size),
             learning_rate=cfg.warm_start_learning_rate or cfg.learning_rate,
             learning_rate_mapping={HEAD_PARAM_PATTERN: head_lr} if head_lr is not None else {},
             warmup_steps=cfg.warmup_ratio, lr_scheduler_type="constant_with_warmup", seed=cfg.seed,
@@ -104,6 +107,11 @@ def warm_start(model: CrossEncoder, columns: dict[str, list[Any]], cfg: Reranker
                                             loss=loss))
         trainer.train()
         history = [(int(h["step"]), round(float(h["loss"]), 4)) for h in trainer.state.log_history if "loss" in h]
+        # under torchrun this trainer wrapped the model in DistributedDataParallel, whose gradient hooks stay on the
+        # parameters while the wrapper lives, and would fire again inside the next training: drop it
+        trainer.accelerator.free_memory()
+        del trainer
+        gc.collect()
     finally:
         model.max_seq_length = full
         shutil.rmtree(tmp, ignore_errors=True)
