@@ -122,8 +122,8 @@ def test_new_head_detection(tiny_cross_encoder_dir, tiny_bi_encoder_dir):
 def test_torchrun_two_processes_train_the_same_model(dataset, index_dir, tiny_bi_encoder_dir, tiny_cross_encoder_dir,
                                                      tmp_path):
     """Scale-out: `torchrun --nproc_per_node 2 -m rag_rerank train ...` (gloo on CPU) runs the same training as one
-    process (same global batch, steps and schedule: each process takes half of every batch), and only the main
-    process writes (one model, one CSV row per evaluation, one fusion.json)."""
+    process (same global batch, steps and schedule: each process takes half of every batch; the warm start too), and
+    only the main process writes (one model, one CSV row per evaluation, one fusion.json)."""
     import csv
     import os
     import subprocess
@@ -135,7 +135,8 @@ def test_torchrun_two_processes_train_the_same_model(dataset, index_dir, tiny_bi
 
     args = ["train", str(dataset), "--index", str(index_dir), "--bi-encoder", str(tiny_bi_encoder_dir),
             "--base-model", str(tiny_cross_encoder_dir), "--max-steps", "6", "--batch-size", "4",
-            "--group-size", "3", "--max-length", "96", "--sanity-gate", "off", "--precision", "no"]
+            "--group-size", "3", "--max-length", "96", "--sanity-gate", "off", "--precision", "no",
+            "--head-lr", "0.001"]  # a head learning rate: the warm start runs too (its own trainer, under DDP)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # fp32 both: bf16 autocast is for one process on CPU
     one = subprocess.run([sys.executable, "-m", "rag_rerank", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=900, env=env)
