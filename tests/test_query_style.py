@@ -120,6 +120,16 @@ def test_without_examples_a_claim_is_still_not_a_question(style: QueryStyle) -> 
     assert low == 3 and high >= 12  # half the shortest example, 1.5x the longest
 
 
+def test_the_length_floor_counts_examples_as_the_prompt_shows_them() -> None:
+    """Regression: long examples (ArguAna's arguments) made a floor above the cut examples the LLM is shown."""
+    from rag_rerank.generate.style import EXAMPLE_WORDS
+
+    long_args = QueryStyle(tuple(" ".join(f"w{i}{j}" for j in range(150 + 10 * i)) for i in range(5)))
+    low, high = long_args.word_bounds()
+    shown = max(len(e.split()) for e in long_args.prompt_examples())
+    assert low == EXAMPLE_WORDS // 2 and low < shown and high >= EXAMPLE_WORDS
+
+
 def test_relative_copy_check_lets_long_queries_quote_a_little() -> None:
     cfg = FilterConfig(max_verbatim_share=0.4)
     assert cfg.verbatim_limit(10) == 9 and cfg.verbatim_limit(100) == 40

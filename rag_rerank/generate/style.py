@@ -80,9 +80,14 @@ class QueryStyle:
         return shown
 
     def word_bounds(self) -> tuple[int, int]:
-        """``(min_words, max_words)`` a generated query may have: half the shortest example, 1.5x the longest."""
+        """``(min_words, max_words)`` a generated query may have: half the shortest example, 1.5x the longest.
+
+        The lower bound counts each example as the LLM sees it, cut to :data:`EXAMPLE_WORDS` words: with ArguAna's
+        arguments (100-300 words) it was 52 words, above the 60-word examples the prompt shows, and 2,017 of
+        2,411 candidates of the embedded SmolLM2 were dropped as too short (``pipelines/style_yield.py``).
+        """
         lengths = [len(_words(e)) for e in self.examples]
-        low = max(2, math.floor(0.5 * min(lengths)))
+        low = max(2, math.floor(0.5 * min(min(lengths), EXAMPLE_WORDS)))
         high = max(low + 4, math.ceil(1.5 * min(max(lengths), EXAMPLE_WORDS * 2)))
         return low, high
 
