@@ -28,11 +28,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "demo_check", help="The demo's run folder (emptied).")
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "demo.json")
+    ap.add_argument("--recipe", default="default", help="The recipe the demo runs (rag-rerank demo --recipe).")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rag_rerank", "demo", "--out", str(args.work)], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "rag_rerank", "demo", "--out", str(args.work), "--recipe",
+                           args.recipe], capture_output=True, text=True, check=False)
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -42,6 +43,7 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in ["pipelines/demo_check.py", *sys.argv[1:]]),
         "wall_s": wall,
+        "recipe": args.recipe,
         "stage_wall_s": summary["stage_wall_s"],
         "shipped_system": summary["shipped_system"],
         "verdict": summary["verdict"],

@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict
     "default-noattndrop": ("default", {"attention_dropout": 0.0}),  # fused attention kernels while training
     "default-consistent30": ("default", {}, {"max_positive_rank": 30}),  # the consistency filter at top 30
     "default-consistent10": ("default", {}, {"max_positive_rank": 10}),
+    # negatives only among chunks that are some training question's positive: no chunk seen only as a negative
+    "default-pospool": ("default", {}, {"negative_pool": "positives"}),
     "warm60-96": ("default", {"warm_start_steps": 60, "warm_start_max_length": 96}),
     "warm60-96-lr1e-4": ("default", {"warm_start_steps": 60, "warm_start_max_length": 96,
                                      "warm_start_learning_rate": 1e-4}),

@@ -183,6 +183,14 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
     assert v1.training_config(3000).warm_start_steps == 0  # the 0.1 recipe stays as it was measured
 
 
+def test_the_next_recipe_is_the_default_with_the_positives_negative_pool_only() -> None:
+    default, nxt = RECIPES["default"].to_dict(), RECIPES["next"].to_dict()
+    assert nxt["mining"].pop("negative_pool") == "positives" and default["mining"].pop("negative_pool") is None
+    for d in (default, nxt):
+        d.pop("name"), d.pop("description")
+    assert nxt == default
+
+
 def test_recipe_show_prints_the_resolved_recipe_and_the_cli_defaults_are_the_recipes() -> None:
     from click.core import ParameterSource  # noqa: F401 - the CLI uses it to tell given options from defaults
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -68,6 +69,63 @@ def test_omp_passive_reaches_the_server_process_and_it_still_answers(monkeypatch
         assert (b"OMP_WAIT_POLICY=PASSIVE" in environ) is passive
         llm = LLMClient(LLMSettings(model="embedded", base_url=server.base_url, seed=1, max_tokens=24))
         assert llm.complete(MSGS).text.strip()
+
+
+def _busy_workers(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def test_busy_share_sees_other_work_on_every_core():
+    from rag_rerank.generate.server import BUSY_SHARE, busy_share
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("busy_share reads /proc/stat (Linux)")
+    cores = len(os.sched_getaffinity(0))
+    workers = _busy_workers(cores)
+    try:
+        time.sleep(0.3)
+        busy = busy_share(0.5)
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    assert busy is not None and busy >= 0.8 * cores / (os.cpu_count() or cores)
+    assert busy >= BUSY_SHARE or (os.cpu_count() or cores) > 4 * cores  # on a machine we fill, it passes the bar
+
+
+@pytest.mark.slow
+def test_default_waits_passively_when_the_machine_is_busy_and_spins_when_it_is_idle(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    if len(os.sched_getaffinity(0)) != (os.cpu_count() or 0):
+        pytest.skip("needs every CPU of the machine: the busy share is machine-wide")
+    workers = _busy_workers(os.cpu_count() or 1)
+    try:
+        time.sleep(0.3)
+        with EmbeddedLLMServer() as busy:
+            environ = open(f"/proc/{busy._proc.pid}/environ", "rb").read().split(b"\0")
+            assert busy.passive is True and b"OMP_WAIT_POLICY=PASSIVE" in environ
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    time.sleep(1.0)
+    with EmbeddedLLMServer() as idle:  # CI may run other work beside; then passive is the right answer too
+        from rag_rerank.generate.server import BUSY_SHARE, busy_share
+
+        share = busy_share(0.5)
+        if share is not None and share < BUSY_SHARE / 2:
+            assert idle.passive is False
+        llm = LLMClient(LLMSettings(model="embedded", base_url=idle.base_url, seed=1, max_tokens=16))
+        assert llm.complete(MSGS).text.strip()
+
+
+def test_an_explicit_wait_policy_wins_over_the_measurement(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert EmbeddedLLMServer(omp_passive=True)._passive(dict(os.environ)) is False
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert EmbeddedLLMServer(omp_passive=False)._passive(dict(os.environ)) is True
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert EmbeddedLLMServer(omp_passive=False)._passive(dict(os.environ)) is False
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from rag_rerank.train.groups import build_groups, load_chunk_meta, to_pairs
 from rag_rerank.train.mining import MiningConfig, mine_hard_negatives
 
 OFF = dict(relative_margin=None, exclude_same_doc_neighbors=0, exclude_overlap=False, num_random=0)  # no guards
-REMOVED = ("removed_positive", "removed_outside_window", "removed_neighbor", "removed_overlap", "removed_margin")
+REMOVED = ("removed_positive", "removed_outside_window", "removed_outside_pool", "removed_neighbor", "removed_overlap",
+           "removed_margin")
 
 
 def _meta(ids, **fields) -> dict:
@@ -46,6 +47,25 @@ def test_positive_guard_and_window() -> None:
     assert r["removed_outside_window"] == 4  # c1, c7, c8, c10
     assert r["candidates_kept"] == 4 and r["queries_short_of_hard"] == 1
     _check_accounting(r)
+
+
+def test_positives_pool_never_shows_a_chunk_only_as_a_negative() -> None:
+    ids = [f"c{i}" for i in range(1, 21)]
+    qrels = {"a": {"c1": 1}, "b": {"c4": 1}, "c": {"c7": 1}, "d": {"c15": 1}}  # the other chunks got no question
+    run = {q: _run(ids) for q in qrels}
+    cfg = MiningConfig(rank_min=1, rank_max=20, num_negatives=10, **{**OFF, "num_random": 2})
+    corpus = mine_hard_negatives(run, qrels, _meta(ids), cfg)
+    pooled = mine_hard_negatives(run, qrels, _meta(ids), MiningConfig(**{**cfg.__dict__, "negative_pool": "positives"}))
+    positives = {"c1", "c4", "c7", "c15"}
+    assert any(set(n) - positives for n in corpus.negatives.values())  # the default shows question-less chunks
+    for q, negs in pooled.negatives.items():
+        assert set(negs) <= positives - set(qrels[q]) and negs  # only other questions' positives
+    assert pooled.negatives["a"][:3] == ["c4", "c7", "c15"]  # still in the first stage's rank order
+    assert pooled.report["removed_outside_pool"] == 4 * 16  # 16 question-less chunks in each query's window
+    _check_accounting(pooled.report)
+    _check_accounting(corpus.report)
+    with pytest.raises(Exception, match="negative_pool"):
+        MiningConfig(negative_pool="everything")  # type: ignore[arg-type]
 
 
 def test_num_negatives_takes_the_best_ranked_survivors() -> None:

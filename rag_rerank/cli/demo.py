@@ -1,10 +1,10 @@
 """``rag-rerank demo``: ``adapt`` on the packaged sample documents with the embedded defaults, then one answer.
 
 Everything runs offline: the SmolLM2 GGUF writes the questions (llama.cpp on loopback), MiniLM is the bi-encoder,
-the reranker is fine-tuned from ``embedded:minilm-ce`` with the default recipe, and the same SmolLM2 answers one
-held-out question through a LlamaIndex query engine that serves the shipped system (tuned first stage -> reranker
-fused as chosen on validation -> LLM, with sources). The run is sized to ``--budget-minutes`` on this machine, and
-a rerun reuses what ``--out`` holds.
+the reranker is fine-tuned from ``embedded:minilm-ce`` with the default recipe (or ``--recipe``), and the same
+SmolLM2 answers one held-out question through a LlamaIndex query engine that serves the shipped system (tuned
+first stage -> reranker fused as chosen on validation -> LLM, with sources). The run is sized to
+``--budget-minutes`` on this machine, and a rerun reuses what ``--out`` holds.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from rag_rerank.data import SAMPLE_DOCS
+from rag_rerank.train.recipes import RECIPES
 
 
 @click.command("demo")
@@ -27,8 +28,10 @@ from rag_rerank.data import SAMPLE_DOCS
 @click.option("--budget-minutes", type=click.FloatRange(min=1), default=13.0, show_default=True,
               help="Time for adapt (measured throughput sizes the run); the answer takes about a minute more.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generation, splits and training.")
+@click.option("--recipe", default="default", show_default=True, type=click.Choice(sorted(RECIPES)),
+              help="The recipe adapt runs (see `rag-rerank recipe show NAME`).")
 @click.option("--question", default=None, help="The question to answer at the end (default: one from the test split).")
-def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minutes: float, seed: int,
+def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minutes: float, seed: int, recipe: str,
              question: str | None) -> None:
     """Adapt a reranker to the sample documents with the embedded models, then answer a question with sources."""
     from rag_rerank.adaptation.pipeline import adapt
@@ -36,8 +39,8 @@ def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minut
     from rag_rerank.integrations.llamaindex import format_answer, open_query_engine
 
     t0 = time.monotonic()
-    click.secho(f"adapt: {docs} -> {out} (default recipe, --llm {llm}, about {budget_minutes:g} min)", bold=True)
-    run = adapt(docs, out, llm=llm, base_url=base_url, budget_minutes=budget_minutes, seed=seed,
+    click.secho(f"adapt: {docs} -> {out} (recipe {recipe}, --llm {llm}, about {budget_minutes:g} min)", bold=True)
+    run = adapt(docs, out, llm=llm, base_url=base_url, budget_minutes=budget_minutes, seed=seed, recipe=recipe,
                 echo=lambda line: click.echo(line))
     data = load_qa_dataset(run.dataset_dir)
     click.echo("\nSome of the synthetic questions:")
@@ -53,7 +56,8 @@ def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minut
     _, test_queries, _ = data.split("test")
     question = question or (test_queries[sorted(test_queries)[0]] if test_queries else "What is this about?")
     click.echo(f"  Q: {question}")
-    with open_query_engine(run.index_dir, reranker=str(run.reranker_dir), top_k=3, similarity_top_k=run_top_k(),
+    with open_query_engine(run.index_dir, reranker=str(run.reranker_dir), top_k=3,
+                           similarity_top_k=run_top_k(recipe),
                            llm=llm, base_url=base_url) as engine:
         response = engine.query(question)
     click.echo(format_answer(response))
@@ -61,11 +65,9 @@ def demo_cmd(docs: Path, out: Path, llm: str, base_url: str | None, budget_minut
     click.echo(f"done in {time.monotonic() - t0:.0f}s; outputs under {out}")
 
 
-def run_top_k() -> int:
+def run_top_k(recipe: str = "default") -> int:
     """The first-stage depth the recipe reranks (what the query engine retrieves)."""
-    from rag_rerank.train.recipes import get_recipe
-
-    return get_recipe("default").top_k
+    return RECIPES[recipe].top_k
 
 
 COMMANDS = [demo_cmd]

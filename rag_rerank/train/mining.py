@@ -5,6 +5,7 @@ each candidate is removed by the *first* guard that applies, in this order:
 
 1. ``positive``: it is relevant in the qrels (at any rank);
 2. ``outside_window``: its rank is outside ``[rank_min, rank_max]`` (1-based, inclusive);
+   ``outside_pool``: with ``negative_pool="positives"``, it is no query's positive (see below);
 3. ``neighbor``: same ``doc_id`` as a positive and ``|position - positive position| <= N``;
 4. ``overlap``: its text near-duplicates a positive's (token-set Jaccard, or a shared run of
    ``overlap_ngram`` words: sliding-window chunking makes such pairs);
@@ -12,7 +13,12 @@ each candidate is removed by the *first* guard that applies, in this order:
    (TopK-PercPos, as in sentence-transformers' ``mine_hard_negatives`` and NV-Retriever).
 
 The survivors are the hard negatives; ``num_random`` random chunks from the rest of the corpus are
-appended (training only on hard negatives hurts, sentence-transformers#3085). The report counts what
+appended (training only on hard negatives hurts, sentence-transformers#3085).
+
+``negative_pool="positives"`` takes negatives (hard and random) only among chunks that are some mined query's
+positive. A chunk that got no question (a held-out split's chunk, one outside ``--max-chunks``, one whose
+questions were all filtered) is then never shown to the reranker at all, rather than only ever as a negative:
+otherwise the model can learn a prior against those chunks themselves, whatever the question. The report counts what
 each guard removed, so ``candidates_considered == sum(removed_*) + candidates_kept`` (over the queries kept: the
 optional consistency filter, ``max_positive_rank``, drops a whole query before its candidates are considered).
 """
@@ -40,8 +46,8 @@ _WORD = re.compile(r"\w+")
 _REPORT_KEYS = (
     "queries", "queries_without_positive", "queries_missing_from_run", "run_queries_ignored",
     "queries_positive_not_in_run", "candidates_considered", "removed_positive", "removed_outside_window",
-    "removed_neighbor", "removed_overlap", "removed_margin", "candidates_kept", "hard_negatives",
-    "random_negatives", "random_rejected", "queries_short_of_hard", "queries_short_of_random",
+    "removed_outside_pool", "removed_neighbor", "removed_overlap", "removed_margin", "candidates_kept",
+    "hard_negatives", "random_negatives", "random_rejected", "queries_short_of_hard", "queries_short_of_random",
     "dropped_inconsistent",
 )
 
@@ -76,6 +82,8 @@ class MiningConfig:
             the first stage's top ``max_positive_rank`` is dropped from training (``inconsistent`` in the result,
             ``dropped_inconsistent`` in the report). A synthetic question its own chunk does not answer (off
             topic, garbled, copied from a prompt example) is rarely retrieved for it; ``None`` keeps every query.
+        negative_pool: ``None``: negatives from every chunk; ``"positives"``: only from chunks that are some
+            mined query's positive, so no chunk is seen only as a negative (see the module docstring).
 
     Example:
         >>> MiningConfig(rank_max=50, num_negatives=7).rank_min
@@ -94,6 +102,7 @@ class MiningConfig:
     sampling_strategy: Literal["top", "random"] = "top"
     seed: int = 0
     max_positive_rank: int | None = None
+    negative_pool: Literal["positives"] | None = None
 
     def __post_init__(self) -> None:
         if self.rank_min < 1 or self.rank_max < self.rank_min:
@@ -109,6 +118,9 @@ class MiningConfig:
             raise ConfigError(f"overlap_jaccard must be in (0, 1], got {self.overlap_jaccard}")
         if self.max_positive_rank is not None and self.max_positive_rank < 1:
             raise ConfigError(f"max_positive_rank must be >= 1 or None, got {self.max_positive_rank}")
+        if self.negative_pool not in (None, "positives"):
+            raise ConfigError(f"negative_pool must be None (the whole corpus) or 'positives', got "
+                              f"{self.negative_pool!r}")
         if self.sampling_strategy not in ("top", "random"):
             raise ConfigError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}")
 
@@ -140,7 +152,8 @@ class MiningResult:
             f"mined {r['hard_negatives']} hard + {r['random_negatives']} random negatives for {r['queries']} "
             f"queries; of {r['candidates_considered']} candidates the guards removed: "
             f"positive {r['removed_positive']}, outside window {r['removed_outside_window']}, "
-            f"neighbor {r['removed_neighbor']}, overlap {r['removed_overlap']}, margin {r['removed_margin']}; "
+            + (f"outside pool {r['removed_outside_pool']}, " if self.config.negative_pool else "")
+            + f"neighbor {r['removed_neighbor']}, overlap {r['removed_overlap']}, margin {r['removed_margin']}; "
             f"{r['queries_short_of_hard']} queries got fewer than {self.config.num_negatives} hard negatives"
             + (f"; the consistency filter dropped {r['dropped_inconsistent']} queries whose positive is not in the "
                f"first stage's top {self.config.max_positive_rank}" if self.config.max_positive_rank else "")
@@ -228,6 +241,10 @@ def mine_hard_negatives(
     cfg = config or MiningConfig()
     guards = _Guards(chunk_meta, cfg)
     pool = sorted(chunk_meta)
+    allowed: set[str] | None = None
+    if cfg.negative_pool == "positives":
+        allowed = {d for rels in qrels.values() for d, r in rels.items() if r > 0}
+        pool = sorted(d for d in pool if d in allowed)
     report = dict.fromkeys(_REPORT_KEYS, 0)
     report["run_queries_ignored"] = sum(1 for q in run if q not in qrels)
     negatives: dict[str, list[str]] = {}
@@ -270,6 +287,9 @@ def mine_hard_negatives(
         kept: list[str] = []
         for d in window:
             if d in pos_set:
+                continue
+            if allowed is not None and d not in allowed:
+                report["removed_outside_pool"] += 1
                 continue
             if guards.neighbor(d, positives):
                 report["removed_neighbor"] += 1

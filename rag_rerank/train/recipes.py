@@ -156,6 +156,13 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+RECIPES["next"] = replace(
+    RECIPES["default"], name="next",
+    description="The default, with negatives drawn only among chunks that are some training question's positive, "
+                "so the reranker cannot learn a prior against the chunks that got no question; the candidate for "
+                "the next default, measured on the demo's data, until the SQuAD and ArguAna results are rerun.",
+    mining=replace(RECIPES["default"].mining, negative_pool="positives"),
+)
 
 
 def get_recipe(name: str | Recipe = "default") -> Recipe:
