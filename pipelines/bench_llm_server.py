@@ -19,8 +19,9 @@ chunks:
 ``slots2`` (two server slots, two requests in flight: continuous batching) measures only its lone throughput, and
 how many answers equal the one-slot answers.
 
-It also checks that the answers are identical to the default setting's (determinism): with one slot they should
-be, whatever the threads and waits. The rule the issue sets: next to other work, each side within 2.5x of a lone
+It also checks that the answers are identical to the default setting's (determinism): with one slot and the same
+thread count they should be, whatever the waits (the thread count changes the arithmetic, so ``threads1`` may not
+match). The rule the issue sets: next to other work, each side within 2.5x of a lone
 run; ``slowdown`` compares with the setting's own lone run, ``vs_fastest_lone`` with the fastest lone run of any
 setting. Writes the JSON with the machine and the command.
 """
@@ -75,11 +76,21 @@ while True:
 """
 
 
+def client_for(server: EmbeddedLLMServer) -> LLMClient:
+    """The question-writing client every measurement uses (same sampling settings and seed)."""
+    return LLMClient(LLMSettings(model="embedded", base_url=server.base_url, temperature=0.2, max_tokens=120, seed=0,
+                                 timeout=600))
+
+
+def waits(server: EmbeddedLLMServer) -> str:
+    """How the started server's threads wait."""
+    return "passive" if server.passive else "spinning"
+
+
 def ask(server: EmbeddedLLMServer, chunks: list[str], until: Any = None) -> tuple[list[tuple[float, float]], list[str]]:
     """Each request's (start, end) over ``chunks`` (asked again in turn while ``until()`` is false), and the first
     answers."""
-    client = LLMClient(LLMSettings(model="embedded", base_url=server.base_url, temperature=0.2, max_tokens=120,
-                                   seed=0, timeout=600))
+    client = client_for(server)
     spans, texts = [], []
     while len(spans) < len(chunks) or (until is not None and not until()):
         start = time.perf_counter()
@@ -160,10 +171,9 @@ def main() -> int:
         row: dict[str, Any] = {"options": opts}
         if opts.get("parallel", 1) > 1:
             with server_with(opts) as server:
-                client = LLMClient(LLMSettings(model="embedded", base_url=server.base_url, temperature=0.2,
-                                               max_tokens=120, seed=0, timeout=600))
                 start = time.perf_counter()
-                done = dict(client.complete_many([build_messages(c, 2) for c in chunks], concurrency=opts["parallel"]))
+                done = dict(client_for(server).complete_many([build_messages(c, 2) for c in chunks],
+                                                             concurrency=opts["parallel"]))
                 row["lone_s_per_chunk"] = round((time.perf_counter() - start) / len(chunks), 3)
             texts = [done[i].text if hasattr(done[i], "text") else None for i in range(len(chunks))]
             row["same_answers_as_default"] = reference is not None and texts == reference
@@ -174,7 +184,7 @@ def main() -> int:
             continue
         with server_with(opts) as server:  # started on an idle machine
             spans, texts = ask(server, chunks)
-            row["lone_waits"] = "passive" if server.passive else "spinning"
+            row["lone_waits"] = waits(server)
         row["lone_s_per_chunk"] = per_chunk(spans)
         reference = reference or texts
         row["same_answers_as_default"] = texts == reference
@@ -185,7 +195,7 @@ def main() -> int:
         with server_with(opts) as server:
             n0 = len(trainer.times)
             spans, _ = ask(server, chunks, until=lambda t=trainer, n=n0: len(t.times) >= n + 3)
-            row["beside_training_waits"] = "passive" if server.passive else "spinning"
+            row["beside_training_waits"] = waits(server)
         steps = trainer.stop()[n0:]
         row["beside_training_s_per_chunk"] = per_chunk(spans)
         row["training_beside_s_per_step"] = round(sum(steps) / max(len(steps), 1), 3)
@@ -203,8 +213,7 @@ def main() -> int:
                 b_start = time.perf_counter()
                 spans_b = ask(b, chunks)[0]
                 b_end = time.perf_counter()
-                row["two_runs_waits"] = ["passive" if a.passive else "spinning",
-                                         "passive" if b.passive else "spinning"]
+                row["two_runs_waits"] = [waits(a), waits(b)]
             done.set()
             thread.join()
         row["two_runs_s_per_chunk"] = [per_chunk(first["spans"], b_start, b_end), per_chunk(spans_b)]

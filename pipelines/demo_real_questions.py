@@ -77,6 +77,9 @@ def main() -> int:
     ap.add_argument("--squad", type=Path, default=SQUAD)
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "demo_real_questions.json")
     args = ap.parse_args()
+    bad = [m for m in args.model if "=" not in m or not m.split("=", 1)[0]]
+    if bad:
+        ap.error(f"--model {bad[0]!r}: give NAME=PATH, e.g. --model default=runs/demo/reranker")
     models = dict(m.split("=", 1) for m in args.model)
     t0 = time.perf_counter()
     corpus = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}

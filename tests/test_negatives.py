@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_positives_pool_never_shows_a_chunk_only_as_a_negative() -> None:
     run = {q: _run(ids) for q in qrels}
     cfg = MiningConfig(rank_min=1, rank_max=20, num_negatives=10, **{**OFF, "num_random": 2})
     corpus = mine_hard_negatives(run, qrels, _meta(ids), cfg)
-    pooled = mine_hard_negatives(run, qrels, _meta(ids), MiningConfig(**{**cfg.__dict__, "negative_pool": "positives"}))
+    pooled = mine_hard_negatives(run, qrels, _meta(ids), dataclasses.replace(cfg, negative_pool="positives"))
     positives = {"c1", "c4", "c7", "c15"}
     assert any(set(n) - positives for n in corpus.negatives.values())  # the default shows question-less chunks
     for q, negs in pooled.negatives.items():
