@@ -65,6 +65,11 @@ def test_tiny_listwise_training_learns(trained) -> None:
     assert not trained.collapsed and trained.improved and trained.verdict.startswith("IMPROVED")
 
 
+def test_step_seconds_count_the_optimiser_steps_without_the_evaluations(trained) -> None:
+    """adapt's plan learns a step's cost from step_seconds: evaluations (3 here) and saving are left out."""
+    assert trained.step_seconds is not None and 0 < trained.step_seconds < trained.wall_time_s / trained.steps
+
+
 def test_saved_dir_reloads_in_both_libraries_and_scores_agree(trained) -> None:
     import torch
     from sentence_transformers import CrossEncoder

@@ -289,7 +289,7 @@ def _train(run: RunFolder, recipe: Recipe, base_model: str, index_dir: str, firs
                       first_stage=first.settings, command="rag-rerank adapt", callbacks=callbacks)
     return {"steps": result.steps, "wall_s": round(result.wall_time_s, 1), "reranker_alone": result.verdict,
             "eval_before": result.eval_before, "eval_after": result.eval_after, "first_stage": result.first_stage,
-            "s_per_step": round(result.wall_time_s / max(result.steps, 1), 3),
+            "s_per_step": result.step_seconds or round(result.wall_time_s / max(result.steps, 1), 3),
             "precision": result.data_summary.get("precision")}
 
 
@@ -402,6 +402,5 @@ def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model
     asked = timings.get("requests_this_run") or 0
     s_chunk = timings.get("llm_seconds", 0) / asked if asked >= 8 else None
     train = run.stage_result("train")
-    # a short run's wall time per step is mostly its evaluations and the backend probe, not steps
-    step = train.get("s_per_step") if train.get("steps", 0) >= 20 else None
+    step = train.get("s_per_step") if train.get("steps", 0) >= 20 else None  # optimiser steps only (_StepTimer)
     save_throughput(llm_kind, training_key(recipe, base_model), s_chunk, step)

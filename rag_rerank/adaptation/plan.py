@@ -30,10 +30,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Plan", "Throughput", "load_throughput", "make_plan", "save_throughput"]
 
 KEPT_PER_ASKED = 0.72  # questions kept per question asked (SQuAD, embedded SmolLM2: 3,226 of 4,474)
-# one question scored at top-20 (checkpoint evaluations, the fusion choice, the test report) costs about this many
-# training steps: measured 0.06 in the 0.2 headline (about 1,100 questions scored in 450 s beside 323 steps at
-# 6.5 s) and 0.09 in `make demo` (52 test questions in 34 s, 7.4 s/step), both bf16 on 2 cores; 0.1 is a margin
-EVAL_STEP_EQUIVALENT = 0.1
+# one question scored at top-20 (a checkpoint evaluation, the fusion choice, the test report: windowed, bf16) costs
+# about this many training steps. Measured on the AMD AVX-512 machine (2 cores, bf16): 35.5 s per evaluation of 50
+# questions at 4.72 s/step (time_to_quality_amd.json, default-pospool); `make demo --recipe next` took 34.1 s per
+# evaluation of 50 (eval_runtime in its trainer's log). The 0.1 used before came from fp32 steps.
+EVAL_STEP_EQUIVALENT = 0.15
 BACKEND_PROBE_S = 90.0  # ``backend="auto"`` measures the installed backends once for the trained model (exports)
 BUDGET_MIN_STEPS = 20  # a budget never plans fewer listwise steps: fewer cannot leave a new head's plateau
 PRIOR_S_PER_CHUNK = {"embedded": 1.2, "remote": 0.5}
@@ -153,7 +154,8 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
     def training_s(steps: int, val: int, test: int) -> float:
         t = recipe.training
         warm = min(t.warm_start_steps, steps) * t.warm_start_max_length / t.max_length
-        scored = (recipe.evaluations * min(val, recipe.checkpoint_eval_queries or val)
+        per_eval = min(val, recipe.checkpoint_eval_queries or val)
+        scored = ((1 + recipe.evaluations) * per_eval  # before training, then each checkpoint
                   + min(val, recipe.max_eval_queries or val) + test)
         return (warm + steps + scored * EVAL_STEP_EQUIVALENT) * s_per_step
 

@@ -169,6 +169,7 @@ class TrainResult:
     fusion_alpha: float | None = None  # set by rag_rerank.train.finetune.finetune (fusion.json), None otherwise
     fusion: Any = None  # the rag_rerank.rerank.fusion.FusionChoice behind fusion_alpha
     shipped_verdict: str | None = None  # the verdict on the system served (fused, or the first stage alone)
+    step_seconds: float | None = None  # per optimiser step of this call, without evaluations, saving or warm start
 
 
 def resolve_head_learning_rate(head_learning_rate: float | str | None, base_model: str) -> float | None:

@@ -62,6 +62,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["train_reranker"]
 
 
+class _StepTimer(TrainerCallbackBase):
+    """Wall time inside optimiser steps only (between ``on_step_begin`` and ``on_step_end``): evaluations, checkpoint
+    saving and logging run after ``on_step_end`` and are left out, so ``adapt``'s plan learns a step's real cost."""
+
+    def __init__(self) -> None:
+        self.seconds, self.steps, self._start = 0.0, 0, None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.steps, self._start = self.steps + 1, None
+
+    def per_step(self) -> float | None:
+        return round(self.seconds / self.steps, 3) if self.steps else None
+
+
 def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int,
                    teacher: bool = False) -> tuple[dict[str, list[Any]], int]:
     """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1); with ``teacher``, also a
@@ -339,7 +358,8 @@ def train_reranker(
         min_delta=cfg.sanity_min_delta, mode=cfg.sanity_gate, loss_kind=cfg.loss,
     )
     nonfinite = NonFiniteLossCallback()
-    cbs: list[Any] = [nonfinite, gate, *(callbacks or [])]
+    timer = _StepTimer()
+    cbs: list[Any] = [nonfinite, gate, timer, *(callbacks or [])]
     if has_eval and cfg.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
 
@@ -396,7 +416,7 @@ def train_reranker(
     result = TrainResult(
         out_dir=out, train_loss=history, first_stage=first_stage, eval_before=eval_before,
         eval_after=eval_after, steps=trainer.state.global_step, wall_time_s=wall, collapsed=gate.fired,
-        verdict=verdict, improved=improved, data_summary=summary,
+        verdict=verdict, improved=improved, data_summary=summary, step_seconds=timer.per_step(),
     )
     if gate.fired and cfg.sanity_gate == "raise":
         raise TrainingCollapsedError(f"{gate.message}\n(model and card saved in {out} for inspection)")
