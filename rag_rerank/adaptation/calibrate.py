@@ -35,7 +35,7 @@ def measure_chunks(docs_dir: Any, dataset_dir: Path, recipe: Recipe, llm: str, b
 def measure_step(base_model: str, recipe: Recipe, texts: Sequence[str], steps: int = 2) -> float:
     """Seconds per optimiser step of the recipe's reranker training (after one warm-up step), in the precision the
     training will use (bf16 autocast where the CPU computes bf16 natively). Measured in fp32, `make demo`'s budget
-    took 8.4 s per step on the AMD AVX-512 machine, where its bf16 training takes 4.7 s, and planned half the steps."""
+    took 8.4 s per step on the AMD AVX-512 machine, where its bf16 training takes 4.7 s."""
     import contextlib
 
     import torch

@@ -402,5 +402,6 @@ def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model
     asked = timings.get("requests_this_run") or 0
     s_chunk = timings.get("llm_seconds", 0) / asked if asked >= 8 else None
     train = run.stage_result("train")
-    step = train.get("s_per_step") if train.get("steps", 0) >= 20 else None  # optimiser steps only (_StepTimer)
+    # optimiser steps only (TrainResult.step_seconds); a run of fewer steps is too short a sample to keep
+    step = train.get("s_per_step") if train.get("steps", 0) >= 20 else None
     save_throughput(llm_kind, training_key(recipe, base_model), s_chunk, step)
