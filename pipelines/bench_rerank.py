@@ -23,6 +23,8 @@ matches), built once into the rag-rerank cache.
 
 Run:  .venv/bin/python pipelines/bench_rerank.py            (about 10 minutes on a quiet 2-core CPU)
       .venv/bin/python pipelines/bench_rerank.py --minilm-model runs/squad_default/default/reranker --minilm-queries 20
+      python pipelines/bench_rerank.py --device cuda --backends st-predict torch torch-bf16 auto   (a GPU; see
+      pipelines/bench_rerank_device.sh for the lent H200 machine's runs)
 
 ``auto`` is ``Reranker``'s default: it measures the installed backends on a probe of the model's own pairs and
 keeps the fastest at parity; its row says which one it chose (``inference_precision``: "<backend>, <precision>").
@@ -92,17 +94,23 @@ def flops_per_pair(config: object, tokens: int) -> float:
     return 2.0 * layers * (4 * h * h + 2 * h * inter) * tokens + 4.0 * layers * tokens * tokens * h
 
 
-def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 torch matmul throughput (GFLOP/s) of an n x n x n GEMM with ``threads`` threads."""
+def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
+    """Best fp32 torch matmul throughput (GFLOP/s) of an n x n x n GEMM with ``threads`` threads (on a GPU: of
+    a 4096 GEMM, synchronised, with TF32 off as in the reranker's fp32 reference)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    if device != "cpu":
+        n = 4096
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     best = float("inf")
     with torch_threads(threads):
         torch.mm(a, b)
+        sync()
         for _ in range(repeats):
             t = time.perf_counter()
             torch.mm(a, b)
+            sync()
             best = min(best, time.perf_counter() - t)
     return 2.0 * n**3 / best / 1e9
 
@@ -118,21 +126,25 @@ def squad_candidates(n_queries: int, top_k: int = 100) -> tuple[list[str], list[
 
 
 def make_scorer(backend: str, model: str, max_length: int, threads: int, calibration: list | None = None,
-                student: str | None = None):
+                student: str | None = None, device: str = "cpu"):
     """A ``score(pairs) -> np.ndarray`` for ``backend``, and what it runs as: the inference precision (or None), and
-    for ``auto`` the backend it chose. ``student-<backend>`` scores with ``student`` (``--student-model``) instead."""
+    for ``auto`` the backend it chose. ``student-<backend>`` scores with ``student`` (``--student-model``) instead.
+
+    On a GPU (``device="cuda"``), ``torch`` runs in fp32 (autocast off) so that it stays the parity reference;
+    ``auto`` keeps ``Reranker``'s default there (torch under bf16/fp16 autocast), which is what a user gets."""
     if backend.startswith("student-"):
         backend, model = backend.removeprefix("student-"), student
     if backend == "st-predict":
-        ce = load_cross_encoder(model, device="cpu", max_length=max_length)
+        ce = load_cross_encoder(model, device=device, max_length=max_length)
 
         def score(pairs: list[tuple[str, str]]) -> np.ndarray:
             with torch_threads(threads):
                 return np.asarray(ce.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float32)
 
         return score, None
-    rr = Reranker(model, backend=backend, device="cpu", max_length=max_length, long_documents="truncate",
-                  cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration)
+    rr = Reranker(model, backend=backend, device=device, max_length=max_length, long_documents="truncate",
+                  cache_size=0, num_threads=threads, batch_size=32, calibration_pairs=calibration,
+                  autocast=backend != "torch")
     # OpenVINO reports the precision it really runs at (bf16 only where the CPU has it natively)
     chose = rr.config.backend if backend == "auto" else None
     return rr.predict, (f"{chose}, {rr.effective_precision}" if chose else rr.effective_precision)
@@ -168,13 +180,17 @@ def bench_model(name: str, model: str, args: argparse.Namespace, n_queries: int,
         try:
             score, precision = make_scorer(backend, model, args.max_length, args.threads,
                                            calibration if backend.endswith("openvino-int8") else None,
-                                           student=args.student_model)
+                                           student=args.student_model, device=args.device)
         except BackendNotAvailableError as e:  # e.g. torch-bf16 on a CPU without native bf16
             out["backends"][backend] = {"not_available": str(e).splitlines()[0]}
             logger.info("%s %s: not available here (%s)", name, backend, str(e).splitlines()[0])
             continue
+        except Exception as e:  # noqa: BLE001 - e.g. an int8 quantiser that fails on this runtime's version
+            out["backends"][backend] = {"not_available": f"failed: {type(e).__name__}: {str(e).splitlines()[0]}"}
+            logger.warning("%s %s: failed here (%s: %s)", name, backend, type(e).__name__, str(e).splitlines()[0])
+            continue
         load_s = time.perf_counter() - t
-        score(lists[0][:4])  # warm-up
+        score(calls[-1][1])  # warm-up on the largest call (every batch shape: a GPU tunes its kernels per shape)
         lat: dict[str, list[float]] = {"top20": [], "top100": []}
         q_scores = []
         for kind, pairs in calls:
@@ -232,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-model", default=None, help="a distilled student of --minilm-model")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to time the GPU (torch backends only: the "
+                        "exported ones serve on CPU)")
     parser.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "bench_rerank.json")
     args = parser.parse_args(argv)
     if any(b.startswith("student-") for b in args.backends) and not args.student_model:
@@ -241,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("rag_rerank.rerank.reranker").setLevel(logging.ERROR)  # truncation to 256 tokens is intended here
     started = time.perf_counter()
-    args.gemm_peak = gemm_peak_gflops(args.threads)
-    logger.info("torch fp32 GEMM peak: %.1f GFLOP/s on %d threads", args.gemm_peak, args.threads)
+    args.gemm_peak = gemm_peak_gflops(args.threads, device=args.device)
+    logger.info("torch fp32 GEMM peak: %.1f GFLOP/s on %s (%d threads)", args.gemm_peak, args.device, args.threads)
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "threads": args.threads, "max_length": args.max_length, "gemm_peak_gflops": args.gemm_peak,
-        "load_average_at_start": os.getloadavg(), "machine": machine_info(), "models": {},
+        "load_average_at_start": os.getloadavg(), "machine": machine_info(), "device": args.device, "models": {},
     }
+    if args.device != "cpu":
+        import torch
+
+        result["gpu"] = torch.cuda.get_device_name(0)
     if "minilm" in args.models:
         result["models"]["minilm"] = bench_model("minilm", args.minilm_model, args, args.minilm_queries,
                                                  args.minilm_top100_queries)

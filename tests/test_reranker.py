@@ -80,6 +80,29 @@ def test_truncate_matches_cross_encoder_and_warns_once_with_count(
     assert "truncated 2 of 3 pairs" in warnings[0].getMessage()
 
 
+def test_truncate_tokenises_each_pair_once(sharp_ce_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Truncate mode has no separate length pass (on a GPU it cost as much as the forward pass), and its character
+    bucketing still returns every score in the caller's order, equal to CrossEncoder.predict's."""
+    import rag_rerank.rerank.reranker as reranker_module
+
+    rng = np.random.default_rng(7)
+    pairs = [(f"q {i}", _text(rng, int(n))) for i, n in enumerate(rng.integers(2, 120, size=9))]
+    rr = Reranker(str(sharp_ce_dir), device="cpu", max_length=64, long_documents="truncate", batch_size=2,
+                  cache_size=0)
+
+    def no_length_pass(*_: object) -> None:
+        raise AssertionError("truncate mode tokenised the pairs a second time to measure their lengths")
+
+    monkeypatch.setattr(reranker_module, "pair_lengths", no_length_pass)
+    calls = []
+    preprocess = rr.cross_encoder.preprocess
+    monkeypatch.setattr(rr.cross_encoder, "preprocess", lambda batch: calls.append(len(batch)) or preprocess(batch))
+    got = rr.predict(pairs)
+    assert sum(calls) == len(pairs)
+    ce = load_cross_encoder(str(sharp_ce_dir), device="cpu", max_length=64)
+    assert np.allclose(got, ce.predict(pairs, show_progress_bar=False), atol=1e-5, rtol=0)
+
+
 def test_window_score_is_max_over_windows(sharp_ce_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(4)
     query = "where is the market square?"

@@ -16,7 +16,8 @@ preprocessing and forward pass. What it adds:
     ``predict([(q, doc)]) == max(predict([(q, w) for w in windows(q, doc)]))``. Cost grows with
     document length (about ``2 * tokens / window`` forward passes with the default stride);
   - ``long_documents="truncate"``: the pair is truncated to ``max_length`` like
-    ``CrossEncoder.predict`` does, and one warning per call says how many pairs were cut;
+    ``CrossEncoder.predict`` does, tokenised once as it is (batches bucketed by characters), and one
+    warning per call says how many pairs were cut;
 - **long queries** keep ``max_query_tokens`` tokens (half of ``max_length`` by default), as in training
   (:mod:`rag_rerank.rerank.windows`);
 
@@ -395,6 +396,8 @@ class Reranker:
         from tqdm.auto import tqdm
 
         pairs = self._cut_queries(pairs)
+        if self.config.long_documents == "truncate":
+            return self._score_truncated(pairs, show_progress_bar)
         lengths = self._pair_lengths(pairs)
         units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens)
         truncated = 0
@@ -431,9 +434,42 @@ class Reranker:
         np.maximum.at(best, np.array([u[0] for u in units], dtype=np.int64), unit_scores)
         return best
 
+    def _score_truncated(self, pairs: list[tuple[str, str]], show_progress_bar: bool | None) -> np.ndarray:
+        """``long_documents="truncate"``: each pair is tokenised once, as ``CrossEncoder.predict`` does.
+
+        No separate length pass: batches are bucketed by characters (a close proxy, since every pair past
+        ``max_length`` is cut to it), and the warning counts the pairs whose features fill ``max_length``. A second
+        tokenisation costs nothing next to a CPU forward pass, but on a GPU it cost about as much as the forward
+        (on an H200: 0.62x ``CrossEncoder.predict`` with it, 1.09x without, warm-up changed too; ``pipelines/results/``
+        ``bench_rerank_h200_before.json`` and ``bench_rerank_h200_gpu.json``)."""
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(pairs)), key=lambda i: (-(len(pairs[i][0]) + len(pairs[i][1])), i))
+        bs = self.config.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        scores = np.empty(len(pairs), dtype=np.float32)
+        full = 0
+        disable = len(batches) < 10 if show_progress_bar is None else not show_progress_bar
+        with self._backend.threads():
+            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=disable):
+                features = self._ce.preprocess([pairs[i] for i in batch])
+                mask = features.get("attention_mask")
+                if mask is not None:
+                    full += int((mask.sum(dim=1) >= self.max_length).sum())
+                scores[batch] = self._activate(self._backend.logits(features))
+        if full:
+            logger.warning(
+                "truncated %d of %d pairs to max_length=%d tokens (long_documents='truncate'; counted as the pairs "
+                "that fill max_length); scores ignore the cut text. Use long_documents='window' or a larger "
+                "max_length to score all of it.", full, len(pairs), self.max_length,
+            )
+        return scores
+
     def _forward(self, batch: list[tuple[str, str]]) -> np.ndarray:
         """Tokenise with the model's own preprocessing, run the backend, apply the activation."""
-        logits = self._backend.logits(self._ce.preprocess(batch))
+        return self._activate(self._backend.logits(self._ce.preprocess(batch)))
+
+    def _activate(self, logits: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":
             return sigmoid(logits).astype(np.float32)
         return logits.astype(np.float32)
