@@ -4,6 +4,7 @@
 #
 #   bash pipelines/bench_rerank_device.sh prepare runs/arguana_next/default/reranker   # here, fills .dev/ (git-ignored)
 #   bash pipelines/bench_rerank_device.sh run                                           # there, with .dev carried
+#   bash pipelines/bench_rerank_device.sh ab    # there: the GPU rows before/after the truncate fix (..._gpu_ab.json)
 #
 # Why the preparation: the device machine has no network and takes at most 64 MiB of files per call. Its image has
 # torch, transformers, sentence-transformers, onnx and onnxruntime but not datasets (sentence-transformers imports
@@ -21,6 +22,7 @@ prepare)
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .dev/whl \
     rank-bm25==0.2.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+  git show 1f4fc5a:rag_rerank/rerank/reranker.py > .dev/old_reranker.py  # Reranker before the truncate fix (ab)
   $py - "$model" <<'PY'
 import shutil, sys
 from pathlib import Path
@@ -35,7 +37,7 @@ save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, 
           metadata={"format": "pt"})
 PY
   du -sh .dev ;;
-run)
+run|ab)
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAG_RERANK_SHARED=$PWD/.dev/shared
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .dev/whl/*.whl || exit 3
   export PYTHONPATH=$PWD:/tmp/site
@@ -53,6 +55,15 @@ save_file({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
           metadata={"format": "pt"})
 PY
   out=${OUT:-pipelines/results}
+  if [ "$1" = ab ]; then  # the GPU rows with Reranker before (1f4fc5a) and after the truncate fix, alternating
+    mkdir -p /tmp/old && cp -r pipelines rag_rerank /tmp/old/ && cp .dev/old_reranker.py /tmp/old/rag_rerank/rerank/reranker.py
+    B="pipelines/bench_rerank.py --models minilm --minilm-model /tmp/model --minilm-queries 20 --minilm-top100-queries 2 --device cuda --backends st-predict torch auto"
+    for i in 1 2; do
+      (cd /tmp/old && PYTHONPATH=/tmp/old:/tmp/site timeout 50 python3 $B --out "$out/gpu_old_$i.json" > "$out/old_$i.log" 2>&1); echo "old $i rc=$?"
+      timeout 50 python3 $B --out "$out/gpu_new_$i.json" > "$out/new_$i.log" 2>&1; echo "new $i rc=$?"
+    done
+    exit 0
+  fi
   (nvidia-smi; lscpu; nproc) > "$out/machine.txt" 2>&1
   B="python3 pipelines/bench_rerank.py --models minilm --minilm-model /tmp/model --minilm-queries 20 --minilm-top100-queries 2"
   timeout 90 $B --device cuda --backends st-predict torch torch-bf16 auto --out "$out/bench_rerank_h200_gpu.json" > "$out/gpu.log" 2>&1; echo "gpu rc=$?"
@@ -60,5 +71,5 @@ PY
   timeout 200 $B --threads 2 --out "$out/bench_rerank_h200_cpu2.json" > "$out/cpu2.log" 2>&1; echo "cpu2 rc=$?"
   grep -h "bench_rerank\|auto ->" "$out"/*.log | cut -c1-400 ;;
 *)
-  echo "usage: $0 prepare MODEL_DIR | run" >&2; exit 2 ;;
+  echo "usage: $0 prepare MODEL_DIR | run | ab" >&2; exit 2 ;;
 esac

@@ -15,9 +15,8 @@ preprocessing and forward pass. What it adds:
     window score. :meth:`Reranker.windows` returns the exact window texts, so
     ``predict([(q, doc)]) == max(predict([(q, w) for w in windows(q, doc)]))``. Cost grows with
     document length (about ``2 * tokens / window`` forward passes with the default stride);
-  - ``long_documents="truncate"``: the pair is truncated to ``max_length`` like
-    ``CrossEncoder.predict`` does, tokenised once as it is (batches bucketed by characters), and one
-    warning per call says how many pairs were cut;
+  - ``long_documents="truncate"``: the pair is truncated to ``max_length`` and tokenised once, as
+    ``CrossEncoder.predict`` does, and one warning per call says how many pairs were cut;
 - **long queries** keep ``max_query_tokens`` tokens (half of ``max_length`` by default), as in training
   (:mod:`rag_rerank.rerank.windows`);
 
@@ -392,36 +391,26 @@ class Reranker:
         return make_windows(self._tokenizer, self.max_length, query, document, self.config.window_stride)
 
     def _score(self, pairs: list[tuple[str, str]], show_progress_bar: bool | None) -> np.ndarray:
-        """Score unique, uncached pairs: expand long ones to windows, bucket by length, forward."""
+        """Score unique, uncached pairs: expand long ones to windows, bucket by length, forward. Truncate mode
+        tokenises once, as ``predict`` does (buckets by characters, counts the pairs that fill ``max_length``): a
+        length pass cost as much as the forward on an H200 (``pipelines/results/bench_rerank_h200_gpu_ab.json``)."""
         from tqdm.auto import tqdm
 
         pairs = self._cut_queries(pairs)
-        if self.config.long_documents == "truncate":
-            return self._score_truncated(pairs, show_progress_bar)
-        lengths = self._pair_lengths(pairs)
-        units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens)
+        cut = self.config.long_documents == "truncate"
+        units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens; characters when cut)
         truncated = 0
+        lengths = [0] * len(pairs) if cut else self._pair_lengths(pairs)
         for owner, ((q, d), n_tok) in enumerate(zip(pairs, lengths, strict=True)):
-            if n_tok <= self.max_length:
-                units.append((owner, q, d, n_tok))
+            if cut or n_tok <= self.max_length:
+                units.append((owner, q, d, len(q) + len(d) if cut else n_tok))
                 continue
-            wins = self._make_windows(q, d) if self.config.long_documents == "window" else None
+            wins = self._make_windows(q, d)
             if wins is None:
                 truncated += 1
                 units.append((owner, q, d, self.max_length))
             else:
                 units.extend((owner, q, w, self.max_length) for w in wins)
-        if truncated:
-            why = (
-                "long_documents='truncate'"
-                if self.config.long_documents == "truncate"
-                else f"the query leaves fewer than {MIN_WINDOW_TOKENS} tokens for document windows"
-            )
-            logger.warning(
-                "truncated %d of %d pairs to max_length=%d tokens (%s); scores ignore the cut text. "
-                "Use long_documents='window' or a larger max_length to score all of it.",
-                truncated, len(pairs), self.max_length, why,
-            )
         order = sorted(range(len(units)), key=lambda u: (-units[u][3], u))
         bs = self.config.batch_size
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
@@ -429,45 +418,21 @@ class Reranker:
         disable = len(batches) < 10 if show_progress_bar is None else not show_progress_bar
         with self._backend.threads():
             for batch in tqdm(batches, desc="Reranking", unit="batch", disable=disable):
-                unit_scores[batch] = self._forward([(units[u][1], units[u][2]) for u in batch])
+                features = self._ce.preprocess([(units[u][1], units[u][2]) for u in batch])
+                mask = features.get("attention_mask") if cut else None
+                truncated += 0 if mask is None else int((mask.sum(dim=1) >= self.max_length).sum())
+                unit_scores[batch] = self._activate(self._backend.logits(features))
+        if truncated:
+            why = ("long_documents='truncate'; counted as the pairs that fill max_length" if cut
+                   else f"the query leaves fewer than {MIN_WINDOW_TOKENS} tokens for document windows")
+            logger.warning(
+                "truncated %d of %d pairs to max_length=%d tokens (%s); scores ignore the cut text. "
+                "Use long_documents='window' or a larger max_length to score all of it.",
+                truncated, len(pairs), self.max_length, why,
+            )
         best = np.full(len(pairs), -np.inf, dtype=np.float32)
         np.maximum.at(best, np.array([u[0] for u in units], dtype=np.int64), unit_scores)
         return best
-
-    def _score_truncated(self, pairs: list[tuple[str, str]], show_progress_bar: bool | None) -> np.ndarray:
-        """``long_documents="truncate"``: each pair is tokenised once, as ``CrossEncoder.predict`` does.
-
-        No separate length pass: batches are bucketed by characters (a close proxy, since every pair past
-        ``max_length`` is cut to it), and the warning counts the pairs whose features fill ``max_length``. A second
-        tokenisation costs nothing next to a CPU forward pass, but on a GPU it cost about as much as the forward
-        (on an H200: 0.62x ``CrossEncoder.predict`` with it, 1.09x without, warm-up changed too; ``pipelines/results/``
-        ``bench_rerank_h200_before.json`` and ``bench_rerank_h200_gpu.json``)."""
-        from tqdm.auto import tqdm
-
-        order = sorted(range(len(pairs)), key=lambda i: (-(len(pairs[i][0]) + len(pairs[i][1])), i))
-        bs = self.config.batch_size
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-        scores = np.empty(len(pairs), dtype=np.float32)
-        full = 0
-        disable = len(batches) < 10 if show_progress_bar is None else not show_progress_bar
-        with self._backend.threads():
-            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=disable):
-                features = self._ce.preprocess([pairs[i] for i in batch])
-                mask = features.get("attention_mask")
-                if mask is not None:
-                    full += int((mask.sum(dim=1) >= self.max_length).sum())
-                scores[batch] = self._activate(self._backend.logits(features))
-        if full:
-            logger.warning(
-                "truncated %d of %d pairs to max_length=%d tokens (long_documents='truncate'; counted as the pairs "
-                "that fill max_length); scores ignore the cut text. Use long_documents='window' or a larger "
-                "max_length to score all of it.", full, len(pairs), self.max_length,
-            )
-        return scores
-
-    def _forward(self, batch: list[tuple[str, str]]) -> np.ndarray:
-        """Tokenise with the model's own preprocessing, run the backend, apply the activation."""
-        return self._activate(self._backend.logits(self._ce.preprocess(batch)))
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":
