@@ -398,12 +398,12 @@ class Reranker:
 
         pairs = self._cut_queries(pairs)
         cut = self.config.long_documents == "truncate"
-        units: list[tuple[int, str, str, int]] = []  # (owner, query, text, tokens; characters when cut)
+        units: list[tuple[int, str, str, int]] = (  # (owner, query, text, tokens; characters in truncate mode)
+            [(i, q, d, len(q) + len(d)) for i, (q, d) in enumerate(pairs)] if cut else [])
         truncated = 0
-        lengths = [0] * len(pairs) if cut else self._pair_lengths(pairs)
-        for owner, ((q, d), n_tok) in enumerate(zip(pairs, lengths, strict=True)):
-            if cut or n_tok <= self.max_length:
-                units.append((owner, q, d, len(q) + len(d) if cut else n_tok))
+        for owner, ((q, d), n_tok) in [] if cut else enumerate(zip(pairs, self._pair_lengths(pairs), strict=True)):
+            if n_tok <= self.max_length:
+                units.append((owner, q, d, n_tok))
                 continue
             wins = self._make_windows(q, d)
             if wins is None:
