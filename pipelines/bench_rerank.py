@@ -131,7 +131,7 @@ def make_scorer(backend: str, model: str, max_length: int, threads: int, calibra
     for ``auto`` the backend it chose. ``student-<backend>`` scores with ``student`` (``--student-model``) instead.
 
     On a GPU (``device="cuda"``), ``torch`` runs in fp32 (autocast off) so that it stays the parity reference;
-    ``auto`` keeps ``Reranker``'s default there (torch under bf16/fp16 autocast), which is what a user gets."""
+    ``auto`` is ``Reranker``'s default there too: it measures fp32 torch against bf16 autocast on its probe."""
     if backend.startswith("student-"):
         backend, model = backend.removeprefix("student-"), student
     if backend == "st-predict":
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "threads": args.threads, "max_length": args.max_length, "gemm_peak_gflops": args.gemm_peak,
-        "load_average_at_start": os.getloadavg(), "machine": machine_info(), "device": args.device, "models": {},
+        "load_average_at_start": os.getloadavg(), "machine": machine_info(args.device), "device": args.device,
+        "models": {},
     }
     if args.device != "cpu":
         import torch

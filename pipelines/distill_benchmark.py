@@ -1,9 +1,9 @@
 """The distilled student against its teacher: validation decision, then quality on the headline's real questions.
 
-    python pipelines/quality_benchmark.py                  # the headline (teacher) first
+    python pipelines/quality_benchmark.py --corpus squad --work runs/squad_next     # the headline (teacher) first
     python pipelines/distill_benchmark.py --layers 3       # distil, decide on validation, measure on real questions
-    python pipelines/bench_rerank.py --minilm-model runs/squad_default/default/reranker \\
-        --student-model runs/squad_default/student-3 --backends st-predict torch auto student-torch student-auto
+    python pipelines/bench_rerank.py --minilm-model runs/squad_next/default/reranker \\
+        --student-model runs/squad_next/student-3 --backends st-predict torch auto student-torch student-auto
 
 1. ``distill_reranker`` trains an N-layer student on the headline reranker's scores over its training groups
    (``train_groups.jsonl``), as ``rag-rerank distill`` and ``adapt --distill`` do;
@@ -41,7 +41,10 @@ logger = logging.getLogger("distill_benchmark")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_default", help="quality_benchmark's folder")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "squad_next", help="quality_benchmark's folder")
+    ap.add_argument("--student-dir", type=Path, action="append", default=[],
+                    help="A student distilled elsewhere (e.g. on a GPU: bench_rerank_device.sh distill), judged the "
+                         "same way (repeatable).")
     ap.add_argument("--layers", type=int, action="append", help="Student layers (repeatable; default 3).")
     ap.add_argument("--max-pairs", type=int, default=8000, help="Teacher-scored training pairs (a seeded sample).")
     ap.add_argument("--data", type=Path, default=SQUAD)
@@ -66,15 +69,18 @@ def main() -> int:
                          load_index(run_dir / "index").with_fusion(**fusion.first_stage),
                          top_k=recipe.top_k, max_queries=recipe.max_eval_queries)
     students, rerankers = {}, {"teacher": str(teacher)}
+    outs = []
     for layers in args.layers or [3]:
         out = args.work / f"student-{layers}"
         if not (out / "config.json").is_file():
             res = distill_reranker(teacher, out, config=DistillConfig(layers=layers, max_pairs=args.max_pairs))
             write_json(out / "distill.json", res.to_dict())
+        outs.append(out)
+    for out in outs + args.student_dir:
         check = compare_on_validation(teacher, out, *val, alpha=alpha, top_k=recipe.top_k)
-        students[f"student-{layers}"] = {"distill": read_json(out / "distill.json"), "validation": check}
-        rerankers[f"student-{layers}"] = str(out)
-        logger.info("student-%d: validation fused MRR@10 %.4f vs teacher %.4f -> %s", layers, check["student_mrr@10"],
+        students[out.name] = {"distill": read_json(out / "distill.json"), "validation": check}
+        rerankers[out.name] = str(out)
+        logger.info("%s: validation fused MRR@10 %.4f vs teacher %.4f -> %s", out.name, check["student_mrr@10"],
                     check["teacher_mrr@10"], "kept" if check["kept"] else "not kept")
     corpus, queries, qrels = load_beir(args.data)
     settings = headline["settings"]

@@ -50,6 +50,32 @@ def test_auto_is_torch_for_a_model_in_memory(tiny_cross_encoder_dir: Path) -> No
     assert rr.config.backend == "torch" and rr.backend_choice is None
 
 
+def test_auto_on_a_gpu_measures_fp32_torch_against_bf16_autocast_only(make_sharp_cross_encoder, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the exported (CPU) backends are no candidates; fp32 torch is the reference, and bf16 autocast is kept
+    only when the probe measures it faster at parity (on an H200 it was slower for MiniLM). The Reranker part runs
+    where CUDA is (``pipelines/bench_rerank_device.sh auto`` runs the same on the lent GPU machine)."""
+    import torch
+
+    from rag_rerank.rerank.backends import is_exported
+
+    assert candidates("mps") == ["torch"]
+    assert candidates("cuda")[0] == "torch" and not any(is_exported(c) for c in candidates("cuda"))
+    assert ("torch-bf16" in candidates("cuda")) == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    from word_pairs import private_copy
+
+    monkeypatch.setenv("RAG_RERANK_CACHE", str(tmp_path / "cache"))
+    pairs = [(f"query {i}", f"passage number {j} about topic {i}") for i in range(8) for j in range(8)]
+    model = private_copy(make_sharp_cross_encoder(pairs), tmp_path / "m")
+    rr = Reranker(str(model), device="cuda", cache_size=0)
+    choice = rr.backend_choice
+    assert choice is not None and set(choice.seconds) | set(choice.rejected) == set(candidates("cuda"))
+    assert choice.seconds[choice.backend] <= choice.seconds["torch"] and "gpu=" in choice.machine
+    assert rr.effective_precision == ("fp32" if choice.backend == "torch" else "bf16")
+
+
 def test_auto_serves_openvino_int8_as_probed_for_a_model_without_data(make_sharp_cross_encoder, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (CI of ee8092b): auto measured openvino-int8 calibrated on the probe for a model with no
@@ -66,7 +92,8 @@ def test_auto_serves_openvino_int8_as_probed_for_a_model_without_data(make_sharp
     assert not (model / "train_groups.jsonl").exists()
     probed: list[str] = []
 
-    def cached_int8_choice(model_dir, settings_key, build, score):  # what a cached openvino-int8 choice returns
+    # what a cached openvino-int8 choice returns
+    def cached_int8_choice(model_dir, settings_key, build, score, device="cpu"):
         probed.append(type(build("openvino-int8", auto.probe_pairs(model_dir)[0])).__name__)
         return auto.BackendChoice(backend="openvino-int8", cached=True)
 

@@ -3,7 +3,7 @@
 ``run.json`` records what the folder was made with. A rerun with the same settings resumes: finished stages are
 skipped (``stages.json`` records each one's result and time), an interrupted one starts again (each stage is
 itself resumable or cheap). A rerun with other settings is refused with the setting that differs, so nothing
-already done is lost or silently mixed with another recipe.
+already done is lost or silently mixed with another recipe (a recipe's name and description are not settings).
 """
 
 from __future__ import annotations
@@ -25,10 +25,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunFolder"]
 
 
+# a recipe's name and description are labels: a recipe renamed or promoted (``next`` became ``default``) with the
+# same settings resumes the runs made under its old name
+_LABELS = ("recipe.name", "recipe.description")
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if f"{prefix}{key}" in _LABELS:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:

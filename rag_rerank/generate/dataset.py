@@ -242,17 +242,19 @@ def create_qa_dataset(
                    and (retry_failed or not _unusable(records.get(c.id, {})))]
         logger.info("%d chunk(s) from %d document(s); %d selected, %d to ask (%d from the checkpoint)",
                     len(all_chunks), len(docs), len(chunks), len(pending), len(chunks) - len(pending))
-        t_llm = time.perf_counter()
+        t_llm, chunks_seconds = time.perf_counter(), 0.0
         if pending:
             settings_llm = {"seed": seed, "temperature": temperature, "max_tokens": max_tokens,
                             "timeout": request_timeout, "max_retries": max_retries}
             disable = len(pending) < 10 if show_progress_bar is None else not show_progress_bar
             with _client(llm, base_url, concurrency, **settings_llm) as client:
+                t_ready = time.perf_counter()  # an embedded LLM server has started: the chunks' time begins
                 bar = tqdm(total=len(pending), desc="generating", unit="chunk", disable=disable)
                 sampling = {"temperature": temperature, "max_tokens": max_tokens}
                 _run_pending(client, pending, records, out, gen_key, questions_per_chunk, prompt_parts, seed,
                              rounds, sampling, filter_config, concurrency, abort_after_failures, bar)
                 bar.close()
+                chunks_seconds = time.perf_counter() - t_ready
         llm_seconds = time.perf_counter() - t_llm
         summary = write_outputs(
             out, all_chunks=all_chunks, chunks=chunks, records=records, n=questions_per_chunk, seed=seed,
@@ -267,7 +269,8 @@ def create_qa_dataset(
                            "files": {d.source: content_id(d.text, length=64) for d in docs},
                            "load_report": report.as_dict()},
             },
-            timings={"llm_seconds": round(llm_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3)},
+            timings={"llm_seconds": round(llm_seconds, 3), "chunks_seconds": round(chunks_seconds, 3),
+                     "total_seconds": round(time.perf_counter() - t_start, 3)},
             requests_this_run=len(pending),
         )
     return summary

@@ -90,9 +90,9 @@ class Reranker:
             training-time evaluator uses this).
         backend: ``"auto"`` (default; ``$RAG_RERANK_BACKEND`` overrides it): the fastest installed backend whose
             rankings match fp32 torch (per-query Spearman >= 0.99) on a probe of this model, measured once per
-            model and machine (:mod:`rag_rerank.rerank.backends.auto`; ``backend_choice`` says why), torch on a
-            GPU or for an in-memory model. Or one of ``"torch"``, ``"torch-bf16"`` (bf16 autocast; on CPU only where
-            it is native: AVX512_BF16 or AMX), ``"onnx"`` (fp32 onnxruntime, CPU),
+            model and machine (:mod:`rag_rerank.rerank.backends.auto`; ``backend_choice`` says why): on a GPU, fp32
+            torch or bf16 autocast; torch for an in-memory model. Or one of ``"torch"``, ``"torch-bf16"`` (bf16
+            autocast; on CPU only where it is native: AVX512_BF16 or AMX), ``"onnx"`` (fp32 onnxruntime, CPU),
             ``"onnx-int8"`` (dynamic int8 weights, CPU), ``"openvino"`` (fp32), ``"openvino-bf16"`` or
             ``"openvino-int8"`` (OpenVINO, CPU). Exported models are made on first use and cached.
         batch_size: pairs (or document windows) per forward pass.
@@ -107,7 +107,7 @@ class Reranker:
         num_threads: CPU threads while scoring: torch's (restored afterwards; ``None`` leaves it) or
             onnxruntime's intra-op pool (``None`` = the cores this process may use).
         cache_size: score-cache entries (LRU); ``0`` disables the cache.
-        autocast: use bf16 (or fp16) autocast on CUDA; ignored on CPU.
+        autocast: ``backend="torch"`` on CUDA runs under bf16 (or fp16) autocast; ignored on CPU and by ``auto``.
         trust_remote_code: passed to the model loader.
         calibration_pairs: ``(query, passage)`` pairs that calibrate ``"openvino-int8"`` (default: the model
             folder's ``train_groups.jsonl``); ignored by the other backends.
@@ -144,10 +144,10 @@ class Reranker:
         max_query_tokens: int | None = None,
     ) -> None:
         backend = backend or os.environ.get("RAG_RERANK_BACKEND") or "auto"
-        auto = backend == "auto"
-        if auto and (not isinstance(model, (str, os.PathLike)) or (device or default_device()) != "cpu"):
-            auto, backend = False, "torch"  # exported backends serve saved models on CPU only
-        exported = auto or is_exported(backend)
+        auto = backend == "auto" and isinstance(model, (str, os.PathLike))  # an in-memory model is scored as it is
+        backend = "torch" if backend == "auto" else backend
+        gpu = auto and (device or default_device()) != "cpu"  # there auto measures fp32 torch against bf16 autocast
+        exported = (auto and not gpu) or is_exported(backend)  # exported backends serve saved models on CPU only
         if exported and not auto:
             check_installed(backend)
             if device not in (None, "cpu"):
@@ -219,11 +219,11 @@ class Reranker:
             autocast=autocast,
             max_query_tokens=self.max_query_tokens,
         )
-        model_dir = resolve_model_path(model, role="cross-encoder") if exported else None
+        model_dir = resolve_model_path(model, role="cross-encoder") if exported or auto else None
         self.backend_choice: BackendChoice | None = None
         self._calibration = calibration_pairs
         build = functools.partial(create_backend, ce=self._ce, model_dir=model_dir, num_threads=num_threads,
-                                  autocast=autocast, trust_remote_code=trust_remote_code,
+                                  autocast=autocast and not auto, trust_remote_code=trust_remote_code,
                                   calibration_pairs=calibration_pairs)
         if auto:
             backend = self._choose_backend(model_dir, build)
@@ -259,7 +259,7 @@ class Reranker:
         try:
             self.backend_choice = choose_backend(
                 model_dir, settings, lambda name, _probe: build_as_probed(
-                    name, model_dir, build, has_calibration=self._calibration is not None), score)
+                    name, model_dir, build, has_calibration=self._calibration is not None), score, device=self.device)
         except BackendNotAvailableError as e:  # e.g. no weights file an exporter understands
             logger.info("backend auto -> torch (%s)", str(e).splitlines()[0])
             return "torch"

@@ -4,7 +4,7 @@ Which backend is fastest depends on the CPU (on one machine with AVX512_BF16 and
 ``CrossEncoder.predict``; on another, without native bf16, it ran at 0.7x), so it is measured, not assumed:
 
 1. the probe: up to 8 queries x 8 passages of the model's own data (the folder's ``train_groups.jsonl``, which
-   ``adapt``/``train`` write), else of the packaged sample documents;
+   ``adapt``/``train`` write), else of the packaged sample documents (8 times over on a GPU);
 2. every installed backend (torch, and torch-bf16 where the CPU has native bf16; onnx and onnx-int8 with
    ``rag-rerank[onnx]``; openvino, openvino-int8, and openvino-bf16 where the CPU has native bf16, with
    ``rag-rerank[openvino]``) scores the probe three times after a warm-up; its time is the fastest run (the least
@@ -14,7 +14,10 @@ Which backend is fastest depends on the CPU (on one machine with AVX512_BF16 and
 4. the choice is cached per model (a hash of its weights), settings and machine (CPU model and flags, threads,
    runtime versions) in the rag-rerank cache, and logged with its reasons.
 
-A model that is not a saved folder (an in-memory ``CrossEncoder``), or a GPU device, gets torch.
+On a GPU the candidates are fp32 torch and torch under bf16 autocast (where the GPU supports bf16), chosen by the
+same rule, and the GPU's name is part of the machine key: bf16 is not always faster there (on an H200, MiniLM-L6
+under bf16 autocast reranked at 0.85x fp32 ``CrossEncoder.predict``). A model that is not a saved folder (an
+in-memory ``CrossEncoder``) gets torch.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ __all__ = ["MIN_SPEARMAN", "BackendChoice", "candidates", "choose_backend", "mac
 
 MIN_SPEARMAN = 0.99
 PROBE_QUERIES, PROBE_DOCS = 8, 8
-CHOICE_VERSION = "2"  # 2: torch-bf16 joined the candidates
+# on a GPU the probe is scored 8 times over (512 pairs): with 64 pairs, bf16 autocast measured 1.07-1.18x fp32 on an
+# H200, and 0.8x on 600 pairs (bench_rerank_h200_gpu_auto.json)
+GPU_PROBE_REPEAT = 8
+CHOICE_VERSION = "3"  # 2: torch-bf16 joined the candidates; 3: GPUs choose too
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,10 @@ class BackendChoice:
         return f"backend auto -> {self.backend} (speed vs torch: {speed}{'; not used: ' + why if why else ''})"
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device: str = "cpu") -> dict[str, Any]:
     """The CPU model, its SIMD flags (AVX, AMX, FMA, SSE4), the threads this process may use and the runtime
-    versions: what a speed measurement depends on, recorded next to every speed figure.
+    versions: what a speed measurement depends on, recorded next to every speed figure. On a GPU ``device``, its
+    name too (``gpu``).
 
     Example:
         >>> sorted(machine_info())
@@ -91,20 +98,30 @@ def machine_info() -> dict[str, Any]:
             except PackageNotFoundError:  # pragma: no cover
                 pass
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "flags": flags, "threads": threads, "versions": versions}
+    info = {"cpu": model, "flags": flags, "threads": threads, "versions": versions}
+    if not device.startswith("cpu"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    return info
 
 
-def machine_key() -> str:
+def machine_key(device: str = "cpu") -> str:
     """:func:`machine_info` as one string (the backend choice cache's key)."""
-    m = machine_info()
+    m = machine_info(device)
     versions = " ".join(f"{k}={v}" for k, v in m["versions"].items())
-    return f"{m['cpu']} | {' '.join(m['flags'])} | threads={m['threads']} | {versions}"
+    gpu = f" | gpu={m['gpu']}" if "gpu" in m else ""
+    return f"{m['cpu']} | {' '.join(m['flags'])} | threads={m['threads']} | {versions}{gpu}"
 
 
-def candidates() -> list[str]:
-    """The backends installed here, in the order they are tried."""
+def candidates(device: str = "cpu") -> list[str]:
+    """The backends installed here for ``device``, in the order they are tried (torch, the reference, first)."""
     from rag_rerank.rerank.backends.base import native_cpu_bf16
 
+    if not device.startswith("cpu"):  # the exported backends run on CPU only
+        import torch
+
+        return ["torch", "torch-bf16"] if device.startswith("cuda") and torch.cuda.is_bf16_supported() else ["torch"]
     out = ["torch", "torch-bf16"] if native_cpu_bf16() else ["torch"]
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
         out += ["onnx", "onnx-int8"]
@@ -167,7 +184,7 @@ def build_as_probed(name: str, model_dir: Path, build: Callable[..., Any], *, ha
 
 
 def choose_backend(model_dir: Path, settings_key: str, build: Callable[[str, list[tuple[str, str]]], Any],
-                   score: Callable[[Any, list[tuple[str, str]]], np.ndarray]) -> BackendChoice:
+                   score: Callable[[Any, list[tuple[str, str]]], np.ndarray], device: str = "cpu") -> BackendChoice:
     """Measure every installed backend on the probe and choose (or read the cached choice).
 
     Args:
@@ -176,10 +193,11 @@ def choose_backend(model_dir: Path, settings_key: str, build: Callable[[str, lis
         build: ``(name, probe pairs) -> backend`` (as :func:`rag_rerank.rerank.backends.create_backend` makes it;
             the probe pairs can calibrate int8 when the model has no data of its own).
         score: ``(backend, pairs) -> scores``, the Reranker's own scoring through that backend.
+        device: where the model runs (``cpu``, ``cuda``, ...): it decides the candidates and keys the cache.
     """
     from rag_rerank.rerank.backends.base import weights_fingerprint
 
-    machine = machine_key()
+    machine = machine_key(device)
     key = hashlib.sha256(json.dumps([CHOICE_VERSION, weights_fingerprint(model_dir), settings_key, machine],
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / "backend-choices" / f"{key}.json"
@@ -191,11 +209,13 @@ def choose_backend(model_dir: Path, settings_key: str, build: Callable[[str, lis
         except (TypeError, ValueError) as e:  # a damaged or older cache entry: measure again
             logger.debug("ignoring %s: %s", path, e)
     pairs, sizes = probe_pairs(model_dir)
+    if not device.startswith("cpu"):  # 64 pairs are two batches, which say little of a GPU's throughput
+        pairs, sizes = pairs * GPU_PROBE_REPEAT, sizes * GPU_PROBE_REPEAT
     seconds: dict[str, float] = {}
     spearman: dict[str, float] = {}
     rejected: dict[str, str] = {}
     reference = None
-    for name in candidates():
+    for name in candidates(device):
         try:
             backend = build(name, pairs)
             got = score(backend, pairs)  # warm-up (and the scores compared)
