@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from rag_rerank.io import iter_jsonl, write_json
 from rag_rerank.rerank.backends.auto import machine_info
@@ -58,7 +59,7 @@ def main() -> int:
             rr.predict(pairs)
             best = min(best, time.perf_counter() - start)
         row = {"asked": name, "ran": rr.config.backend, "pairs_per_s": round(len(pairs) / best, 1)}
-        if getattr(rr, "backend_choice", None) is not None:
+        if rr.backend_choice is not None:
             row["auto_reason"] = rr.backend_choice.reason()
         measured.append(row)
         sys.stdout.write(f"{name} -> {row['ran']}: {row['pairs_per_s']} pairs/s\n")
@@ -74,7 +75,8 @@ def main() -> int:
 class _Predict:
     """``CrossEncoder.predict`` with the Reranker's batch size, timed like the rows."""
 
-    config = type("Config", (), {"backend": "st-predict"})()
+    config = SimpleNamespace(backend="st-predict")
+    backend_choice = None
 
     def __init__(self, ce: object) -> None:
         self.ce = ce

@@ -146,8 +146,8 @@ class Reranker:
         backend = backend or os.environ.get("RAG_RERANK_BACKEND") or "auto"
         auto = backend == "auto" and isinstance(model, (str, os.PathLike))  # an in-memory model is scored as it is
         backend = "torch" if backend == "auto" else backend
-        gpu = auto and (device or default_device()) != "cpu"  # there auto measures fp32 torch against bf16 autocast
-        exported = (auto and not gpu) or is_exported(backend)  # exported backends serve saved models on CPU only
+        autocast = autocast and not auto  # on a GPU auto measures fp32 torch against bf16 autocast itself
+        exported = (auto and (device or default_device()) == "cpu") or is_exported(backend)  # CPU-only backends
         if exported and not auto:
             check_installed(backend)
             if device not in (None, "cpu"):
@@ -223,7 +223,7 @@ class Reranker:
         self.backend_choice: BackendChoice | None = None
         self._calibration = calibration_pairs
         build = functools.partial(create_backend, ce=self._ce, model_dir=model_dir, num_threads=num_threads,
-                                  autocast=autocast and not auto, trust_remote_code=trust_remote_code,
+                                  autocast=autocast, trust_remote_code=trust_remote_code,
                                   calibration_pairs=calibration_pairs)
         if auto:
             backend = self._choose_backend(model_dir, build)
