@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from rag_rerank.cli import main
 from rag_rerank.data import SAMPLE_DOCS
 from rag_rerank.errors import DataError, RagRerankError
 from rag_rerank.rerank.fusion import TUNED, load_fusion
-from rag_rerank.train.recipes import RECIPES
+from rag_rerank.train.recipes import EVAL_STEP_EQUIVALENT, RECIPES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_stub_server import StubOpenAIServer  # noqa: E402
@@ -191,12 +192,32 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
     assert v1.training_config(3000).warm_start_steps == 0  # the 0.1 recipe stays as it was measured
 
 
-def test_the_default_recipe_is_v2_with_the_positives_negative_pool_only() -> None:
-    default, v2 = RECIPES["default"].to_dict(), RECIPES["v2"].to_dict()
-    assert default["mining"].pop("negative_pool") == "positives" and v2["mining"].pop("negative_pool") is None
-    for d in (default, v2):
+def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
+    default, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v3", "v2"))
+    assert default.pop("eval_share") == 0.25 and v3.pop("eval_share") is None and v2.pop("eval_share") is None
+    assert v3["mining"]["negative_pool"] == "positives" and v2["mining"].pop("negative_pool") is None
+    for d in (default, v3, v2):
         d.pop("name"), d.pop("description")
-    assert default == v2
+    assert default == v3
+    v3["mining"].pop("negative_pool")
+    assert v3 == v2
+
+
+@pytest.mark.parametrize(("steps", "val"), [(20, 50), (46, 50), (60, 200), (120, 80), (323, 323), (640, 2000)])
+def test_checkpoint_evaluations_cost_at_most_the_recipes_share_of_the_training(steps: int, val: int) -> None:
+    """A small run (make demo: a few dozen steps, 50 validation questions) evaluates once, at its end, instead of
+    spending more time scoring checkpoints than training; a large one keeps up to ``evaluations`` choices."""
+    default = RECIPES["default"]
+    cfg = default.training_config(100_000, max_steps=steps, val_questions=val)
+    made = math.ceil(cfg.max_steps / cfg.eval_steps)  # every eval_steps, and at the last step
+    assert made == default.evaluations_for(steps, val)
+    assert 1 <= made <= default.evaluations
+    cost = made * min(val, default.checkpoint_eval_queries) * EVAL_STEP_EQUIVALENT  # in training steps
+    assert made == 1 or cost <= default.eval_share * steps
+    one_more = (made + 1) * min(val, default.checkpoint_eval_queries) * EVAL_STEP_EQUIVALENT
+    assert made == default.evaluations or one_more > default.eval_share * steps  # and no fewer than fit
+    for name in ("v3", "v2", "v1"):  # the recipes kept to compare against evaluate as they were measured
+        assert RECIPES[name].evaluations_for(steps, val) == 4
 
 
 def test_recipe_show_prints_the_resolved_recipe_and_the_cli_defaults_are_the_recipes() -> None:

@@ -43,3 +43,12 @@ def test_without_a_budget_the_plan_is_the_recipe() -> None:
     plan = make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0)
     assert (plan.chunks, plan.steps) == (2237, DEFAULT.steps_for(plan.train_groups))
     assert make_plan(2237, DEFAULT, s_per_chunk=1.2, s_per_step=7.0, max_chunks=100, max_steps=8).steps == 8
+
+
+def test_the_evaluation_budget_gives_the_demo_more_training_in_the_same_time() -> None:
+    """With four checkpoint evaluations (recipe v3) a 13-minute demo spent more time scoring checkpoints than
+    training; the default's evaluation budget spends that time on steps (1.40 s/chunk and 3.9 s/step: measured)."""
+    kwargs = {"s_per_chunk": 1.40, "s_per_step": 3.9, "budget_minutes": 13, "chunks_done": 8}
+    new, old = make_plan(187, DEFAULT, **kwargs), make_plan(187, get_recipe("v3"), **kwargs)
+    assert new.chunks == old.chunks and new.steps > old.steps
+    assert new.est_total_s <= 13 * 60 * 1.0001

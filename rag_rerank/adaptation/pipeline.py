@@ -29,6 +29,7 @@ from rag_rerank.adaptation.first_stage import DEFAULT_FUSION, FirstStageChoice, 
 from rag_rerank.adaptation.plan import Plan, load_throughput, make_plan, save_throughput, training_key
 from rag_rerank.adaptation.runfolder import RunFolder
 from rag_rerank.errors import DataError
+from rag_rerank.io import read_json
 from rag_rerank.rerank.fusion import TUNED, FusionChoice, load_fusion
 from rag_rerank.train.recipes import Recipe, get_recipe
 
@@ -151,7 +152,8 @@ def adapt(
         n_groups = run.stage("mine", lambda: _mine(run, recipe, index_dir, first.settings), say)
         if stop_after == "mine":
             return None
-        training = recipe.training_config(n_groups, plan.steps)
+        n_val = read_json(run.dataset_dir / "manifest.json").get("counts", {}).get("per_split", {}).get("validation")
+        training = recipe.training_config(n_groups, plan.steps, val_questions=n_val)
         run.stage("train", lambda: _train(run, recipe, base_model, index_dir, first, training, deadline,
                                           show_progress_bar), say)
         if stop_after == "train":
@@ -346,8 +348,6 @@ def _delta(report: dict[str, Any], system: str, baseline: str) -> dict[str, Any]
 
 def _summary(run: RunFolder, recipe: Recipe, plan: Plan, first: FirstStageChoice, choice: FusionChoice,
              report: dict[str, Any], llm_kind: str, base_model: str, training: Any) -> dict[str, Any]:
-    from rag_rerank.io import read_json
-
     manifest = read_json(run.dataset_dir / "manifest.json")
     shipped = report.get("shipped_system") or TUNED
     test: dict[str, Any] = {"queries": report.get("queries", 0), "systems": report.get("systems", {})}
@@ -396,8 +396,6 @@ def _test_line(summary: dict[str, Any]) -> str:
 
 
 def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model: str) -> None:
-    from rag_rerank.io import read_json
-
     timings = read_json(run.dataset_dir / "manifest.json").get("timings", {})
     asked = timings.get("requests_this_run") or 0
     s_chunk = timings.get("llm_seconds", 0) / asked if asked >= 8 else None

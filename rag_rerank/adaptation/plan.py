@@ -23,18 +23,13 @@ from typing import Any
 from rag_rerank.generate.store import split_targets
 from rag_rerank.io import read_json, write_json
 from rag_rerank.models import cache_dir
-from rag_rerank.train.recipes import Recipe, get_recipe
+from rag_rerank.train.recipes import EVAL_STEP_EQUIVALENT, Recipe, get_recipe
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Plan", "Throughput", "load_throughput", "make_plan", "save_throughput"]
 
 KEPT_PER_ASKED = 0.72  # questions kept per question asked (SQuAD, embedded SmolLM2: 3,226 of 4,474)
-# one question scored at top-20 (a checkpoint evaluation, the fusion choice, the test report: windowed, bf16) costs
-# about this many training steps. Measured on the AMD AVX-512 machine (2 cores, bf16): 35.5 s per evaluation of 50
-# questions at 4.72 s/step (time_to_quality_amd.json, default-pospool); `make demo --recipe next` took 34.1 s per
-# evaluation of 50 (eval_runtime in its trainer's log). The 0.1 used before came from fp32 steps.
-EVAL_STEP_EQUIVALENT = 0.15
 BACKEND_PROBE_S = 90.0  # ``backend="auto"`` measures the installed backends once for the trained model (exports)
 BUDGET_MIN_STEPS = 20  # a budget never plans fewer listwise steps: fewer cannot leave a new head's plateau
 PRIOR_S_PER_CHUNK = {"embedded": 1.2, "remote": 0.5}
@@ -155,7 +150,7 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
         t = recipe.training
         warm = min(t.warm_start_steps, steps) * t.warm_start_max_length / t.max_length
         per_eval = min(val, recipe.checkpoint_eval_queries or val)
-        scored = ((1 + recipe.evaluations) * per_eval  # before training, then each checkpoint
+        scored = ((1 + recipe.evaluations_for(steps, val)) * per_eval  # before training, then each checkpoint
                   + min(val, recipe.max_eval_queries or val) + test)
         return (warm + steps + scored * EVAL_STEP_EQUIVALENT) * s_per_step
 

@@ -244,11 +244,11 @@ def finetune(
         logger.info("training on %d groups given (no mining)", len(rows))
     if not rows:
         raise DataError(f"{dataset_dir}: no training groups could be built; generate questions for more chunks")
-    cfg = _training_config(recipe, training, len(rows), training_overrides)
+    val = validation_run(dataset, index, "validation", top_k=top_k, max_queries=max_eval_queries)
+    cfg = _training_config(recipe, training, len(rows), training_overrides, val_questions=len(val[0]))
     if warm_start_applies(cfg, base_model) and not all("teacher" in r for r in rows) and index.dense is not None:
         n = add_teacher_scores(rows, index.dense)
         logger.info("teacher scores (bi-encoder cosine) for %d of %d groups, for the warm start", n, len(rows))
-    val = validation_run(dataset, index, "validation", top_k=top_k, max_queries=max_eval_queries)
     samples = samples_from_run(*val, top_k=top_k)[: recipe.checkpoint_eval_queries]
     if not samples:
         logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")
@@ -265,14 +265,14 @@ def finetune(
 
 
 def _training_config(recipe: Recipe, training: RerankerTrainingConfig | None, n_groups: int,
-                     overrides: dict[str, Any]) -> RerankerTrainingConfig:
+                     overrides: dict[str, Any], val_questions: int | None = None) -> RerankerTrainingConfig:
     """The training config: ``training`` as given, else the recipe's sized to ``n_groups``; then the overrides.
 
     An ``epochs`` override without ``max_steps`` trains that many epochs (no recipe floor or cap).
     """
     if training is not None:
         return replace(training, **overrides)
-    cfg = recipe.training_config(n_groups, overrides.get("max_steps"))
+    cfg = recipe.training_config(n_groups, overrides.get("max_steps"), val_questions)
     if "epochs" in overrides and "max_steps" not in overrides:
         cfg = replace(cfg, max_steps=None, eval_steps=None)
     return replace(cfg, **overrides)

@@ -6,7 +6,9 @@ JSON, and every result file records the recipe it ran (``settings.recipe``).
 
 Training length scales with the data: ``epochs`` over the training questions, with a floor (``min_steps``, so a
 small corpus still trains) and a cap (``max_steps``, so a large one stays within a CPU budget); the number of
-evaluations (checkpoint choices) is fixed, so their spacing scales too.
+evaluations (checkpoint choices) is at most ``evaluations``, and with ``eval_share`` set, only as many as cost
+that share of the training steps' time: a small run (``make demo``) spends its minutes training, not scoring
+checkpoints it would not keep (``evaluations_for``).
 
 Example:
     >>> get_recipe("default").training.loss
@@ -25,7 +27,13 @@ from rag_rerank.errors import ConfigError
 from rag_rerank.train.config import RerankerTrainingConfig
 from rag_rerank.train.mining import MiningConfig
 
-__all__ = ["RECIPES", "FirstStageSettings", "GenerationSettings", "Recipe", "get_recipe"]
+__all__ = ["EVAL_STEP_EQUIVALENT", "RECIPES", "FirstStageSettings", "GenerationSettings", "Recipe", "get_recipe"]
+
+# one question scored at top-20 (a checkpoint evaluation, the fusion choice, the test report: windowed, bf16) costs
+# about this many training steps. Measured on the AMD AVX-512 machine (2 cores, bf16): 35.5 s per evaluation of 50
+# questions at 4.72 s/step (time_to_quality_amd.json, default-pospool); `make demo --recipe next` took 34.1 s per
+# evaluation of 50 (eval_runtime in its trainer's log). The 0.1 used before came from fp32 steps.
+EVAL_STEP_EQUIVALENT = 0.15
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,10 @@ class Recipe:
         generation, first_stage, bi_encoder_stage, mining, training: each stage's settings.
         epochs, min_steps, max_steps: training length (see the module docstring); ``training.max_steps`` is
             ignored, the length is computed per run by :meth:`steps_for`.
-        evaluations: checkpoint evaluations per run (the best is kept).
+        evaluations: checkpoint evaluations per run at most (the best is kept).
+        eval_share: with a value, the checkpoint evaluations cost at most this share of the listwise steps' time
+            (each costs ``EVAL_STEP_EQUIVALENT`` steps per question scored), and at least one, the last, is made;
+            ``None`` makes ``evaluations`` of them whatever they cost.
         top_k: first-stage candidates the reranker reorders (validation, fusion, reports, serving).
         max_eval_queries: validation questions used to choose the fusion weight (``None``: all).
         checkpoint_eval_queries: validation questions each checkpoint evaluation scores (a fixed subset of the
@@ -105,6 +116,7 @@ class Recipe:
     min_steps: int = 60
     max_steps: int = 640
     evaluations: int = 4
+    eval_share: float | None = None
     top_k: int = 20
     max_eval_queries: int | None = None
     checkpoint_eval_queries: int | None = 200
@@ -115,10 +127,28 @@ class Recipe:
         per_epoch = math.ceil(max(n_groups, 1) / self.training.batch_size)
         return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * per_epoch))))
 
-    def training_config(self, n_groups: int, max_steps: int | None = None) -> RerankerTrainingConfig:
-        """The training settings for a run on ``n_groups`` groups (``max_steps`` caps it further, for small runs)."""
+    def evaluations_for(self, steps: int, val_questions: int | None = None) -> int:
+        """Checkpoint evaluations in a run of ``steps`` steps with ``val_questions`` validation questions.
+
+        Example:
+            >>> get_recipe("default").evaluations_for(323, 323), get_recipe("default").evaluations_for(40, 50)
+            (2, 1)
+        """
+        if self.eval_share is None:
+            return self.evaluations
+        cap = self.checkpoint_eval_queries
+        per_eval = min(v for v in (cap, val_questions) if v is not None) if cap or val_questions else 0
+        cost = max(per_eval, 1) * EVAL_STEP_EQUIVALENT  # in training steps
+        return max(1, min(self.evaluations, math.floor(self.eval_share * steps / cost)))
+
+    def training_config(self, n_groups: int, max_steps: int | None = None,
+                        val_questions: int | None = None) -> RerankerTrainingConfig:
+        """The training settings for a run on ``n_groups`` groups (``max_steps`` caps it further, for small runs)
+        and ``val_questions`` validation questions (unknown: the evaluations are sized as if
+        ``checkpoint_eval_queries`` were scored)."""
         steps = self.steps_for(n_groups) if max_steps is None else min(max_steps, self.steps_for(n_groups))
-        return replace(self.training, max_steps=steps, eval_steps=max(1, math.ceil(steps / self.evaluations)),
+        evaluations = self.evaluations_for(steps, val_questions)
+        return replace(self.training, max_steps=steps, eval_steps=max(1, math.ceil(steps / evaluations)),
                        warm_start_steps=min(self.training.warm_start_steps, steps))  # never longer than the training
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,11 +172,11 @@ RECIPES: dict[str, Recipe] = {
             name="default",
             description="Tuned first stage; a 60-step label-free warm start of a new head (the bi-encoder's margins, "
                         "96 tokens), then listwise fine-tuning for about one epoch on negatives drawn only among "
-                        "chunks that are some training question's positive, fused at the weight chosen on validation "
-                        "when it helps.",
+                        "chunks that are some training question's positive, with checkpoint evaluations costing at "
+                        "most a quarter of the training, fused at the weight chosen on validation when it helps.",
             mining=MiningConfig(negative_pool="positives"),
             training=replace(_V1_TRAINING, warm_start_steps=60, warm_start_max_length=96, mixed_precision="auto"),
-            epochs=1.0, min_steps=60, max_steps=640, evaluations=4,
+            epochs=1.0, min_steps=60, max_steps=640, evaluations=4, eval_share=0.25,
         ),
         Recipe(
             name="v1",
@@ -158,11 +188,16 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+RECIPES["v3"] = replace(
+    RECIPES["default"], name="v3", eval_share=None,
+    description="The 0.3 default (kept to compare against; the SQuAD and ArguAna headlines of 0.3 ran it): as the "
+                "default, but 4 checkpoint evaluations whatever they cost.",
+)
 RECIPES["v2"] = replace(
     RECIPES["default"], name="v2",
     description="The 0.2 default (kept to compare against): as the default, but negatives from every chunk, so the "
                 "reranker learns a prior against the chunks that got no question.",
-    mining=MiningConfig(),
+    mining=MiningConfig(), eval_share=None,  # it was measured with 4 evaluations
 )
 
 
