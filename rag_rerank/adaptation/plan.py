@@ -149,7 +149,7 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
     def training_s(steps: int, val: int, test: int) -> float:
         t = recipe.training
         warm = min(t.warm_start_steps, steps) * t.warm_start_max_length / t.max_length
-        per_eval = min(val, recipe.checkpoint_eval_queries or val)
+        per_eval = recipe.checkpoint_questions(val)
         scored = ((1 + recipe.evaluations_for(steps, val)) * per_eval  # before training, then each checkpoint
                   + min(val, recipe.max_eval_queries or val) + test)
         return (warm + steps + scored * EVAL_STEP_EQUIVALENT) * s_per_step

@@ -127,6 +127,12 @@ class Recipe:
         per_epoch = math.ceil(max(n_groups, 1) / self.training.batch_size)
         return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * per_epoch))))
 
+    def checkpoint_questions(self, val_questions: int | None) -> int:
+        """Validation questions one checkpoint evaluation scores: ``val_questions`` within
+        ``checkpoint_eval_queries`` (unknown: the cap; no cap and unknown: 0)."""
+        known = [v for v in (self.checkpoint_eval_queries, val_questions) if v is not None]
+        return min(known) if known else 0
+
     def evaluations_for(self, steps: int, val_questions: int | None = None) -> int:
         """Checkpoint evaluations in a run of ``steps`` steps with ``val_questions`` validation questions.
 
@@ -136,9 +142,7 @@ class Recipe:
         """
         if self.eval_share is None:
             return self.evaluations
-        cap = self.checkpoint_eval_queries
-        per_eval = min(v for v in (cap, val_questions) if v is not None) if cap or val_questions else 0
-        cost = max(per_eval, 1) * EVAL_STEP_EQUIVALENT  # in training steps
+        cost = max(self.checkpoint_questions(val_questions), 1) * EVAL_STEP_EQUIVALENT  # in training steps
         return max(1, min(self.evaluations, math.floor(self.eval_share * steps / cost)))
 
     def training_config(self, n_groups: int, max_steps: int | None = None,
