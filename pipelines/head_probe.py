@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, read_json, write_json
 from rag_rerank.models import load_cross_encoder
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.store import load_index
-from rag_rerank.train.finetune import samples_from_run, validation_run
+from rag_rerank.train.finetune import validation_run
+from rag_rerank.types import ranked
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP = 5  # 1 positive + 4 negatives, the recipe's train_group_size
@@ -90,13 +92,14 @@ def fit_head(x: torch.Tensor, epochs: int = 300) -> Callable[[torch.Tensor], tor
     return lambda v: head((v - mu) / sd).squeeze(-1)
 
 
-def mrr_at_10(samples: list[dict], scores: np.ndarray, depth: int) -> float:
-    total = 0.0
-    for i, s in enumerate(samples):
-        order = np.argsort(-scores[i * depth:(i + 1) * depth], kind="stable")[:10]
-        positives = set(s["positive"])
-        total += next((1.0 / (r + 1) for r, j in enumerate(order) if s["documents"][j] in positives), 0.0)
-    return total / max(len(samples), 1)
+def mrr_at_10(ranking: dict[str, list[str]], qrels: dict[str, dict[str, int]], scores: np.ndarray) -> float:
+    """MRR@10 of ``scores`` (one per candidate, in ``ranking``'s order of questions and candidates), scored by the
+    library's metrics (``rag_rerank.evaluate.metrics``) on the questions' qrels."""
+    run, i = {}, 0
+    for q, docs in ranking.items():
+        run[q] = {d: float(scores[i + j]) for j, d in enumerate(docs)}
+        i += len(docs)
+    return evaluate(run, {q: qrels[q] for q in ranking}, ["mrr@10"])["mrr@10"]
 
 
 def main() -> int:
@@ -108,24 +111,29 @@ def main() -> int:
     t0 = time.perf_counter()
     first_stage = read_json(args.run / "stages.json")["first_stage"]["result"]["settings"]
     index = load_index(args.run / "index").with_fusion(**first_stage)
-    val = validation_run(load_qa_dataset(args.run / "dataset"), index, top_k=20, max_queries=None)
-    samples = [s for s in samples_from_run(*val, top_k=20) if len(s["documents"]) == 20]
+    queries, qrels, corpus, run = validation_run(load_qa_dataset(args.run / "dataset"), index, top_k=20,
+                                                 max_queries=None)
+    # the first stage's top 20 of each validation question, in its order (questions with fewer are left out)
+    ranking = {q: [d for d, _ in ranked(run.get(q, {}), 20)] for q in sorted(queries)}
+    ranking = {q: docs for q, docs in ranking.items() if len(docs) == 20}
+    samples = [{"query": queries[q], "documents": [corpus[d]["text"] for d in docs]} for q, docs in ranking.items()]
     groups = [r for r in iter_jsonl(args.run / "train_groups.jsonl") if len(r.get("negatives") or []) >= GROUP - 1]
     train_pairs = [(r["query"], d) for r in groups for d in [r["positive"], *r["negatives"][:GROUP - 1]]]
     ce = load_cross_encoder("embedded:minilm-ce", max_length=args.max_length)
     train = features(ce, train_pairs, args.max_length)
     valf = features(ce, [(s["query"], d) for s in samples for d in s["documents"]], args.max_length)
-    first = mrr_at_10(samples, -np.arange(20.0 * len(samples)), 20)  # the first stage's own order
+    first = mrr_at_10(ranking, qrels, -np.arange(20.0 * len(samples)))  # the first stage's own order
     with torch.inference_mode():
         random_head = ce.model.classifier(valf["pooler"]).squeeze(-1).numpy()
-    rows = {"random_head": round(mrr_at_10(samples, random_head, 20), 4)}
+    rows = {"random_head": round(mrr_at_10(ranking, qrels, random_head), 4)}
     for name, x in train.items():
         for l2 in (1e-4, 1e-3, 1e-2):
             w, mu, sd = fit_linear(x, l2)
-            rows[f"{name}_linear_l2_{l2:g}"] = round(mrr_at_10(samples, (((valf[name] - mu) / sd) @ w).numpy(), 20), 4)
+            fitted = (((valf[name] - mu) / sd) @ w).numpy()
+            rows[f"{name}_linear_l2_{l2:g}"] = round(mrr_at_10(ranking, qrels, fitted), 4)
     head = fit_head(train["cls"])
     with torch.no_grad():
-        rows["cls_pooler_classifier_head"] = round(mrr_at_10(samples, head(valf["cls"]).numpy(), 20), 4)
+        rows["cls_pooler_classifier_head"] = round(mrr_at_10(ranking, qrels, head(valf["cls"]).numpy()), 4)
     result = {"run": str(args.run), "train_groups": len(groups), "val_questions": len(samples),
               "first_stage_mrr@10": round(first, 4), "val_mrr@10": rows,
               "best_fitted_vs_first_stage": round(max(v for k, v in rows.items() if k != "random_head") - first, 4),

@@ -56,6 +56,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict
     "warm60-96": ("v2", {"warm_start_steps": 60, "warm_start_max_length": 96}),
     "warm60-96-lr1e-4": ("v2", {"warm_start_steps": 60, "warm_start_max_length": 96,
                                 "warm_start_learning_rate": 1e-4}),
+    # today's default recipe on the run's own groups (mined by that recipe), and with a higher encoder rate
+    "pospool": ("default", {}),
+    "pospool-lr1e-4": ("default", {"learning_rate": 1e-4}),
+    "pospool-lr2e-4": ("default", {"learning_rate": 2e-4}),
+    "pospool-warm150-lr1e-4": ("default", {"warm_start_steps": 150, "learning_rate": 1e-4}),  # a longer warm start
+    "pospool-warmlr1e-4": ("default", {"warm_start_learning_rate": 1e-4}),  # the higher rate in the warm start only
 }
 
 
