@@ -27,7 +27,7 @@ from typing import Any
 
 from demo_real_questions import SQUAD, real_questions
 
-from rag_rerank.adaptation.first_stage import tune_first_stage
+from rag_rerank.adaptation.first_stage import tune_on_validation
 from rag_rerank.evaluate.compare import evaluate_systems, sample_query_ids
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_json
@@ -42,8 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tuned_first_stage(index_dir: Path, dataset: Any, recipe: Any) -> tuple[Any, Any]:
     """The index and its fusion tuned on synthetic validation, as ``adapt`` tunes it."""
     index = load_index(index_dir)
-    _, queries, qrels = dataset.split("validation")
-    return index, tune_first_stage(index, queries, qrels, recipe.first_stage)
+    return index, tune_on_validation(dataset, index, recipe.first_stage, recipe.max_eval_queries)
 
 
 def main() -> int:

@@ -21,12 +21,13 @@ from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.types import Qrels, Queries
 
 if TYPE_CHECKING:
+    from rag_rerank.generate.store import QADataset
     from rag_rerank.retrieval.hybrid import HybridRetriever
     from rag_rerank.train.recipes import FirstStageSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_FUSION", "FirstStageChoice", "candidate_fusions", "tune_first_stage"]
+__all__ = ["DEFAULT_FUSION", "FirstStageChoice", "candidate_fusions", "tune_first_stage", "tune_on_validation"]
 
 DEFAULT_FUSION: dict[str, Any] = {"fusion": "rrf", "rrf_k": 60, "weights": [1.0, 1.0]}
 
@@ -79,3 +80,15 @@ def tune_first_stage(index: HybridRetriever, queries: Queries, qrels: Qrels, set
                 len(queries), scores["rrf"])
     return FirstStageChoice(settings=candidates[best], name=best, value=scores[best], by_candidate=scores,
                             queries=len(queries), metric=metric)
+
+
+def tune_on_validation(dataset: QADataset, index: HybridRetriever, settings: FirstStageSettings,
+                       max_queries: int | None = None) -> FirstStageChoice:
+    """:func:`tune_first_stage` on a generated dataset's validation split (a fixed subset of ``max_queries``
+    questions; ``None``: all), as ``adapt`` tunes it; an empty split keeps the RRF default."""
+    _, queries, qrels = dataset.split("validation")
+    if max_queries is not None:
+        queries = {q: queries[q] for q in sorted(queries)[:max_queries]}
+    if not queries:
+        return FirstStageChoice(settings=dict(DEFAULT_FUSION), name="rrf", value=None, status="default")
+    return tune_first_stage(index, queries, qrels, settings)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.adaptation.first_stage import DEFAULT_FUSION, FirstStageChoice, tune_first_stage
+from rag_rerank.adaptation.first_stage import FirstStageChoice, tune_on_validation
 from rag_rerank.adaptation.plan import Plan, load_throughput, make_plan, save_throughput, training_key
 from rag_rerank.adaptation.runfolder import RunFolder
 from rag_rerank.errors import DataError
@@ -255,12 +255,8 @@ def _first_stage(run: RunFolder, recipe: Recipe, index_dir: str) -> FirstStageCh
     from rag_rerank.generate.store import load_qa_dataset
     from rag_rerank.retrieval.store import load_index
 
-    _, queries, qrels = load_qa_dataset(run.dataset_dir).split("validation")
-    if recipe.max_eval_queries is not None:
-        queries = {q: queries[q] for q in sorted(queries)[: recipe.max_eval_queries]}
-    if not queries:
-        return FirstStageChoice(settings=dict(DEFAULT_FUSION), name="rrf", value=None, status="default")
-    return tune_first_stage(load_index(index_dir), queries, qrels, recipe.first_stage)
+    return tune_on_validation(load_qa_dataset(run.dataset_dir), load_index(index_dir), recipe.first_stage,
+                              recipe.max_eval_queries)
 
 
 def _mine(run: RunFolder, recipe: Recipe, index_dir: str, first_stage: dict[str, Any]) -> int:

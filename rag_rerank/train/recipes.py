@@ -128,9 +128,9 @@ class Recipe:
         return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * per_epoch))))
 
     def checkpoint_questions(self, val_questions: int | None) -> int:
-        """Validation questions one checkpoint evaluation scores: ``val_questions`` within
-        ``checkpoint_eval_queries`` (unknown: the cap; no cap and unknown: 0)."""
-        known = [v for v in (self.checkpoint_eval_queries, val_questions) if v is not None]
+        """Validation questions one checkpoint evaluation scores: ``val_questions`` within ``max_eval_queries``
+        (the validation subset) and ``checkpoint_eval_queries`` (unknown: the caps; no cap and unknown: 0)."""
+        known = [v for v in (self.checkpoint_eval_queries, self.max_eval_queries, val_questions) if v is not None]
         return min(known) if known else 0
 
     def evaluations_for(self, steps: int, val_questions: int | None = None) -> int:
