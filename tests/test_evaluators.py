@@ -63,6 +63,21 @@ def test_reranking_evaluator_hand_computed() -> None:
     assert ev.primary_metric == "val_mrr@10" and ev.greater_is_better
 
 
+def test_reranking_evaluator_with_a_prior_ranks_by_logit_plus_weighted_prior() -> None:
+    from rag_rerank.errors import ConfigError
+
+    samples = [{**s, "prior": [1.0] + [0.0] * (len(s["documents"]) - 1)} for s in _samples()]
+    model = FixedScorer({("q1", "g1"): 1.5, ("q2", "c"): 1.5})  # the logits alone: g1 first, c above g2
+    # weight 1: g1 at 1.5 beats a at 1.0; in q2, c at 1.5 beats g2 at 1.0
+    m = RerankingEvaluator(samples, at_k=10, name="v", write_csv=False, prior_weight=1.0)(model)
+    assert m["v_mrr@10"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    # weight 2: the prior outweighs the logits: a (2.0) above g1 (1.5), g2 (2.0) above c (1.5)
+    m = RerankingEvaluator(samples, at_k=10, name="v", write_csv=False, prior_weight=2.0)(model)
+    assert m["v_mrr@10"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    with pytest.raises(ConfigError, match="prior"):
+        RerankingEvaluator(_samples(), prior_weight=1.0)
+
+
 def test_reranking_evaluator_ties_keep_first_stage_order_and_cutoff() -> None:
     # all scores equal: the reranked order is the input order, so reranked == first stage
     ev = RerankingEvaluator(_samples(), at_k=2, write_csv=False)

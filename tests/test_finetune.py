@@ -168,3 +168,21 @@ def test_torchrun_two_processes_train_the_same_model(dataset, index_dir, tiny_bi
     # the same training: the two-process model is far closer to the one-process model than to where both started
     # (measured 0.38 of the training's own distance; not bit-identical)
     assert dist(w2, w1) < 0.5 * trained
+
+
+def test_finetune_residual_training_scores_groups_with_the_first_stage(dataset, index_dir, tiny_bi_encoder_dir,
+                                                                       tiny_cross_encoder_dir, tmp_path):
+    """``prior_weight`` (residual training, measured in pipelines/residual_training.py and off by default): finetune
+    adds each group's first-stage z-scores from the index, and the weight is fitted on them."""
+    from rag_rerank.io import iter_jsonl
+    from rag_rerank.train.finetune import finetune
+
+    out = tmp_path / "residual"
+    res = finetune(dataset, out, index_dir=index_dir, bi_encoder=str(tiny_bi_encoder_dir),
+                   base_model=str(tiny_cross_encoder_dir), max_steps=2, batch_size=4, train_group_size=3,
+                   max_length=96, warm_start_steps=0, sanity_gate="off", prior_weight="auto")
+    rows = list(iter_jsonl(out / "train_groups.jsonl"))
+    assert rows and all(len(r["prior"]) == 1 + len(r["negative_ids"]) for r in rows)
+    assert all(max(r["prior"]) > min(r["prior"]) for r in rows)  # real first-stage scores, not a constant
+    assert res.data_summary["prior_weight"] > 0
+    assert res.eval_after and res.first_stage  # evaluated on validation, as logit + weight * prior

@@ -298,13 +298,52 @@ def test_group_columns_keep_teacher_scores_aligned_with_the_sampled_negatives() 
             for i in range(20)]
     for r in rows:  # a teacher whose score is the text's length, so alignment can be checked
         r["teacher"] = [len(r["positive"])] + [len(n) for n in r["negatives"]]
-    cols, dropped = _group_columns(rows, group_size=4, seed=3, teacher=True)
+    cols, dropped = _group_columns(rows, group_size=4, seed=3, label="teacher")
     assert dropped == 0 and len(cols["label"]) == 20
     for b in range(20):
         texts = [cols["positive"][b]] + [cols[f"negative_{j}"][b] for j in (1, 2, 3)]
         assert cols["label"][b] == [float(len(t)) for t in texts]
     plain, _ = _group_columns(rows, group_size=4, seed=3)
     assert {k: v for k, v in cols.items() if k != "label"} == plain  # the same sample with or without a teacher
+    for r in rows:  # residual training's prior scores go through the same alignment
+        r["prior"] = [-float(t) for t in r["teacher"]]
+    prior, _ = _group_columns(rows, group_size=4, seed=3, label="prior")
+    assert prior["label"] == [[-t for t in ts] for ts in cols["label"]]
+
+
+def _with_prior(rows: list[dict], good: float) -> list[dict]:
+    """A first stage that ranks the positive first in the share ``good`` of the groups and last in the others."""
+    out = []
+    for i, r in enumerate(rows):
+        k = len(r["negatives"])
+        right = i < good * len(rows)
+        out.append({**r, "prior": [1.5] + [0.0] * k if right else [-1.5] + [0.0] * k})
+    return out
+
+
+def test_fit_prior_weight_trusts_a_first_stage_as_far_as_the_groups_bear_it_out() -> None:
+    from rag_rerank.train.groups import fit_prior_weight
+
+    rows = synthetic_groups(40, 9)
+    always, never, mostly = (fit_prior_weight(_with_prior(rows, g)) for g in (1.0, 0.0, 0.8))
+    assert always == 10.0 and never == 0.25  # the ends of the grid
+    assert never < mostly < always
+    with pytest.raises(DataError, match="prior"):
+        fit_prior_weight(rows)
+
+
+def test_residual_training_learns_what_the_first_stage_misses(tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
+    rows = _with_prior(synthetic_groups(64, 0), good=0.5)
+    samples = eval_samples(synthetic_groups(12, 1))
+    for s in samples:  # the first stage's order (positive third of five), as z-scores
+        s["prior"] = [1.2, 0.6, 0.0, -0.6, -1.2]
+    cfg = RerankerTrainingConfig(max_steps=30, prior_weight="auto", **FAST)
+    res = train_reranker(str(tiny_cross_encoder_dir), rows, out_dir=tmp_path / "m", config=cfg, eval_samples=samples)
+    weight = res.data_summary["prior_weight"]
+    assert 0 < weight < 10  # a first stage right on half the groups is trusted, not followed blindly
+    assert res.eval_after["val_mrr@10"] > res.first_stage["val_base_mrr@10"] + 0.3
+    with pytest.raises(DataError, match="prior"):  # residual training without prior scores says what to add
+        train_reranker(str(tiny_cross_encoder_dir), synthetic_groups(8, 2), out_dir=tmp_path / "n", config=cfg)
 
 
 def test_warm_start_distils_the_teacher_before_the_listwise_stage(tiny_cross_encoder_dir: Path, tmp_path: Path):

@@ -93,6 +93,14 @@ class RerankerTrainingConfig:
         attention_dropout: dropout on the attention probabilities while training (``None``: the model's own, 0.1
             for BERT-style models). 0 lets PyTorch's fused attention kernel run in training too, which drops the
             materialised attention matrix and its random mask: a quarter of a MiniLM step on a 2-core CPU.
+        prior_weight: residual training (listwise only): the loss scores ``logit + prior_weight * prior``, where
+            ``prior`` is the first stage's z-scored score of each candidate (rows' ``prior``,
+            :func:`rag_rerank.train.groups.add_prior_scores`), and checkpoints are evaluated the same way. The
+            reranker then learns what the first stage misses, which is what the served fusion adds to it. ``"auto"``:
+            the weight at which the first stage alone best explains the training groups
+            (:func:`rag_rerank.train.groups.fit_prior_weight`); ``None``: off, in every recipe (on the demo's data it
+            starts at the first stage but ends no better, and worse on held-out questions:
+            ``pipelines/residual_training.py``).
         logging_steps: log the training loss every N steps (``None``: about 25 times per run).
         show_progress_bar: tqdm bars (``None``: when logging is at INFO or below).
     """
@@ -125,6 +133,7 @@ class RerankerTrainingConfig:
     warm_start_learning_rate: float | None = None
     warm_start_scale: float = 10.0
     attention_dropout: float | None = None
+    prior_weight: float | Literal["auto"] | None = None
     logging_steps: int | None = None
     show_progress_bar: bool | None = None
 
@@ -139,6 +148,8 @@ class RerankerTrainingConfig:
             raise ConfigError(f"sanity_gate={self.sanity_gate!r}: use 'stop', 'raise', 'warn' or 'off'")
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ConfigError(f"attention_dropout={self.attention_dropout}: must be in [0, 1) or None")
+        if isinstance(self.prior_weight, str) and self.prior_weight != "auto":
+            raise ConfigError(f"prior_weight={self.prior_weight!r}: use 'auto', a number or None")
         if not 0.0 < self.decay_ratio < 1.0:
             raise ConfigError(f"decay_ratio={self.decay_ratio}: must be in (0, 1)")
         if self.lr_scheduler in COMMON_SCHEDULERS:

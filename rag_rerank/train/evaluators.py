@@ -139,6 +139,10 @@ class RerankingEvaluator(BaseEvaluator):
     once and cached) and ``base_recall@n`` (the share of queries with a positive among the candidates: the
     ceiling any reranker can reach). ``primary_metric`` is ``mrr@k`` (prefixed with ``name``).
 
+    With ``prior_weight`` (residual training, ``RerankerTrainingConfig.prior_weight``), each sample also holds
+    ``prior`` (the first stage's z-scored score of each document) and documents are ranked by the model's logit
+    plus ``prior_weight * prior``: the system the residual model was trained to be.
+
     Example:
         >>> samples = [{"query": "q", "positive": ["gold"], "documents": ["x", "gold", "y"]}]
         >>> ev = RerankingEvaluator(samples, at_k=10, name="val")
@@ -156,9 +160,11 @@ class RerankingEvaluator(BaseEvaluator):
         show_progress_bar: bool | None = None,
         long_documents: str | None = None,
         backend: str = "torch",
+        prior_weight: float | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
+        self.prior_weight = prior_weight
         if long_documents not in (None, "window", "truncate"):
             raise ConfigError(f"long_documents={long_documents!r}; use None, 'window' or 'truncate'")
         self.long_documents = long_documents
@@ -173,7 +179,11 @@ class RerankingEvaluator(BaseEvaluator):
                     "(list of relevant texts) and 'documents' (candidates in first-stage order)"
                 )
             pos = [s["positive"]] if isinstance(s["positive"], str) else list(s["positive"])
-            checked.append({"query": s["query"], "positive": pos, "documents": list(s["documents"])})
+            if prior_weight is not None and len(s.get("prior") or []) != len(s["documents"]):
+                raise ConfigError(f"RerankingEvaluator: sample {i} needs a 'prior' score per document with "
+                                  "prior_weight (rag_rerank.train.finetune.samples_from_run adds them)")
+            checked.append({"query": s["query"], "positive": pos, "documents": list(s["documents"]),
+                            "prior": list(s.get("prior") or [])})
         self.samples = checked
         self.at_k = at_k
         self.name = name
@@ -248,6 +258,8 @@ class RerankingEvaluator(BaseEvaluator):
             n = len(s["documents"])
             sc = scores[offset: offset + n]
             offset += n
+            if self.prior_weight is not None:
+                sc = sc + self.prior_weight * np.asarray(s["prior"], dtype=np.float64)
             rankings.append(sorted(range(n), key=lambda j, sc=sc: (-sc[j], j)))
         mrr, ndcg = self._metrics(rankings)
         base = self.first_stage_metrics()
@@ -266,4 +278,4 @@ class RerankingEvaluator(BaseEvaluator):
         return metrics
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"at_k": self.at_k, "n_queries": len(self.samples)}
+        return {"at_k": self.at_k, "n_queries": len(self.samples), "prior_weight": self.prior_weight}

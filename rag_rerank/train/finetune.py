@@ -27,7 +27,7 @@ from rag_rerank.io import iter_jsonl, write_jsonl
 from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, save_fusion
 from rag_rerank.train.config import RerankerTrainingConfig, TrainResult, warm_start_applies
 from rag_rerank.train.distributed import is_main_process
-from rag_rerank.train.groups import add_teacher_scores, build_groups
+from rag_rerank.train.groups import add_prior_scores, add_teacher_scores, build_groups, prior_scores
 from rag_rerank.train.mining import MiningConfig, MiningResult, mine_hard_negatives
 from rag_rerank.train.model_card import set_shipped_verdict
 from rag_rerank.train.recipes import Recipe, get_recipe
@@ -122,15 +122,15 @@ def validation_run(dataset: QADataset, index: Any, split: str = "validation", to
 
 
 def samples_from_run(queries: Queries, qrels: Any, corpus: Any, run: Run, top_k: int = 20) -> list[dict[str, Any]]:
-    """Realistic reranking samples: each question with the first stage's top-k in order; positives not injected."""
-    return [
-        {
-            "query": queries[q],
-            "positive": [corpus[d]["text"] for d in qrels[q] if qrels[q][d] > 0],
-            "documents": [corpus[d]["text"] for d, _ in ranked(run.get(q, {}), top_k)],
-        }
-        for q in sorted(queries)
-    ]
+    """Realistic reranking samples: each question with the first stage's top-k in order (and their z-scored scores,
+    ``prior``, for residual training); positives not injected."""
+    samples = []
+    for q in sorted(queries):
+        top = [d for d, _ in ranked(run.get(q, {}), top_k)]
+        samples.append({"query": queries[q], "positive": [corpus[d]["text"] for d in qrels[q] if qrels[q][d] > 0],
+                        "documents": [corpus[d]["text"] for d in top],
+                        "prior": prior_scores(run.get(q, {}), top, top_k)})
+    return samples
 
 
 def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
@@ -249,6 +249,12 @@ def finetune(
     if warm_start_applies(cfg, base_model) and not all("teacher" in r for r in rows) and index.dense is not None:
         n = add_teacher_scores(rows, index.dense)
         logger.info("teacher scores (bi-encoder cosine) for %d of %d groups, for the warm start", n, len(rows))
+    if cfg.prior_weight is not None and cfg.loss == "listwise" and not all("prior" in r for r in rows):
+        ids = {r["query_id"] for r in rows if "query_id" in r}
+        train_queries = {q: t for q, t in dataset.split("train")[1].items() if q in ids}
+        n = add_prior_scores(rows, index.search(train_queries, top_k=max(recipe.mining.rank_max, 30), mode="hybrid"),
+                             top_k)
+        logger.info("first-stage prior scores for %d of %d groups, for residual training", n, len(rows))
     samples = samples_from_run(*val, top_k=top_k)[: recipe.checkpoint_eval_queries]
     if not samples:
         logger.warning("the validation split is empty: training runs without evaluation or the sanity gate")

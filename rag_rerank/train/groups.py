@@ -16,7 +16,8 @@ from rag_rerank.types import Corpus, Qrels, Queries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_teacher_scores", "build_groups", "load_chunk_meta", "to_pairs"]
+__all__ = ["add_prior_scores", "add_teacher_scores", "build_groups", "fit_prior_weight", "load_chunk_meta",
+           "prior_scores", "to_pairs"]
 
 
 def load_chunk_meta(corpus_jsonl_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -167,3 +168,77 @@ def add_teacher_scores(rows: list[dict[str, Any]], dense: Any, batch_size: int =
         ids = [r["positive_id"], *r["negative_ids"]]
         r["teacher"] = [float(np.dot(qv, vectors[row_of[d]])) for d in ids]
     return len(todo)
+
+
+def prior_scores(ranking: Mapping[str, float], doc_ids: list[str], top_k: int = 20) -> list[float]:
+    """The first stage's scores of ``doc_ids`` z-scored as the served fusion z-scores them: with the mean and
+    standard deviation of the query's top ``top_k`` (:func:`rag_rerank.retrieval.fusion.interpolate_scores`). A
+    document missing from ``ranking`` gets the lowest value of the ranking (it ranks at best last).
+
+    Example:
+        >>> prior_scores({"a": 3.0, "b": 1.0}, ["a", "b", "x"])
+        [1.0, -1.0, -1.0]
+    """
+    import numpy as np
+
+    from rag_rerank.types import ranked
+
+    top = [s for _, s in ranked(dict(ranking), top_k)]
+    if not top:
+        return [0.0] * len(doc_ids)
+    mean, std = float(np.mean(top)), float(np.std(top))
+    z = {d: (float(s) - mean) / std if std > 0 else 0.0 for d, s in ranking.items()}
+    floor = min(z.values())
+    return [z.get(d, floor) for d in doc_ids]
+
+
+def add_prior_scores(rows: list[dict[str, Any]], run: Mapping[str, Mapping[str, float]], top_k: int = 20) -> int:
+    """Add ``prior``: the first stage's z-scored scores of ``[positive, *negatives]`` (:func:`prior_scores`), to
+    each row in place, for residual training (``RerankerTrainingConfig.prior_weight``).
+
+    ``run`` is the first stage's run of the rows' questions (deeper than ``top_k``, as mining retrieves). Rows
+    without ids are left as they are. Returns the number of rows scored.
+
+    Example:
+        >>> rows = [{"query_id": "q", "positive_id": "a", "negative_ids": ["b"]}]
+        >>> add_prior_scores(rows, {"q": {"a": 3.0, "b": 1.0}}), rows[0]["prior"]
+        (1, [1.0, -1.0])
+    """
+    n = 0
+    for r in rows:
+        if {"query_id", "positive_id", "negative_ids"} <= r.keys():
+            r["prior"] = prior_scores(run.get(r["query_id"], {}), [r["positive_id"], *r["negative_ids"]], top_k)
+            n += 1
+    return n
+
+
+def fit_prior_weight(rows: list[dict[str, Any]], grid: tuple[float, ...] = tuple(0.25 * i for i in range(1, 41)),
+                     group_size: int | None = None) -> float:
+    """The weight ``w`` of ``grid`` at which ``softmax(w * prior)`` best explains the training groups (lowest mean
+    listwise loss, positive first): how far the first stage alone is to be trusted, fitted without labels beyond
+    the synthetic ones. ``group_size`` keeps that many candidates per row (default: all).
+
+    Raises:
+        DataError: when no row has ``prior`` scores.
+
+    Example:
+        >>> fit_prior_weight([{"prior": [1.0, -1.0]}, {"prior": [-1.0, 1.0]}])
+        0.25
+    """
+    import numpy as np
+
+    priors = [r["prior"][:group_size] for r in rows if len(r.get("prior") or []) > 1]
+    if not priors:
+        raise DataError("no training group has prior scores; add them with add_prior_scores")
+    width = min(len(p) for p in priors)
+    z = np.asarray([p[:width] for p in priors], dtype=np.float64)
+
+    def loss(w: float) -> float:
+        logits = w * z
+        top = logits.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0] - logits[:, 0]))
+
+    best = min(grid, key=lambda w: (loss(w), w))
+    logger.info("prior weight %.2f: the first stage alone explains %d training groups at listwise loss %.3f "
+                "(uniform %.3f)", best, len(z), loss(best), float(np.log(width)))
+    return float(best)

@@ -29,16 +29,22 @@ class GroupSoftmaxLoss(nn.Module):
     ``temperature`` and scored with cross-entropy against index 0. Its value for a model that scores every
     pair alike is ``log(1 + k)``, the plateau the sanity gate watches for.
 
+    With ``prior_weight``, ``labels`` are a prior score per candidate (``(B, 1 + k)``: the first stage's z-scored
+    score, :func:`rag_rerank.train.groups.add_prior_scores`) and the softmax is over ``logit / temperature +
+    prior_weight * prior``: residual training, where the model learns only what the first stage gets wrong, and
+    a new head starts where the first stage is instead of on the plateau.
+
     Example:
         >>> loss = GroupSoftmaxLoss(model)  # doctest: +SKIP
         >>> loss([["q"], ["gold"], ["other"]], None)  # doctest: +SKIP
         tensor(0.6931, grad_fn=...)
     """
 
-    def __init__(self, model: CrossEncoder, temperature: float = 1.0) -> None:
+    def __init__(self, model: CrossEncoder, temperature: float = 1.0, prior_weight: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.prior_weight = prior_weight
         if model.num_labels != 1:
             raise ConfigError(f"GroupSoftmaxLoss needs a model with 1 output label, got {model.num_labels}")
 
@@ -53,8 +59,13 @@ class GroupSoftmaxLoss(nn.Module):
         pairs = [(q, col[b]) for b, q in enumerate(queries) for col in candidates]
         features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
         logits = self.model(features)["scores"].view(len(queries), len(candidates)).float() / self.temperature
+        if self.prior_weight:
+            if labels is None:
+                raise ConfigError("GroupSoftmaxLoss(prior_weight=...) needs the rows' prior scores as labels")
+            prior = labels if isinstance(labels, Tensor) else torch.stack([torch.as_tensor(p) for p in labels])
+            logits = logits + self.prior_weight * prior.to(logits.device, torch.float32).view_as(logits)
         target = torch.zeros(len(queries), dtype=torch.long, device=logits.device)
         return nn.functional.cross_entropy(logits, target)
 
     def get_config_dict(self) -> dict[str, float]:
-        return {"temperature": self.temperature}
+        return {"temperature": self.temperature, "prior_weight": self.prior_weight}

@@ -39,6 +39,7 @@ from rag_rerank.train.config import (
     warm_start_applies,
 )
 from rag_rerank.train.distributed import barrier, broadcast_from_main, is_main_process, per_process_batch
+from rag_rerank.train.groups import fit_prior_weight
 from rag_rerank.train.guards import (
     NonFiniteLossCallback,
     SanityGateCallback,
@@ -82,13 +83,14 @@ class _StepTimer(TrainerCallbackBase):
 
 
 def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int,
-                   teacher: bool = False) -> tuple[dict[str, list[Any]], int]:
-    """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1); with ``teacher``, also a
-    ``label`` column: the rows' teacher scores ``[positive, negative_1..k]``, aligned with the sampled negatives."""
+                   label: str | None = None) -> tuple[dict[str, list[Any]], int]:
+    """Turn group rows into columns ``query, positive, negative_1..k`` (k = group_size - 1); with ``label`` (a row
+    field: ``"teacher"`` or ``"prior"``), also a ``label`` column: that field's scores ``[positive, negative_1..k]``,
+    aligned with the sampled negatives."""
     rng = random.Random(seed)
     k = group_size - 1
     cols: dict[str, list[Any]] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}}
-    if teacher:
+    if label:
         cols["label"] = []
     dropped = 0
     for i, row in enumerate(rows):
@@ -105,8 +107,8 @@ def _group_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int,
         cols["positive"].append(row["positive"])
         for j, n in enumerate(picked):
             cols[f"negative_{j + 1}"].append(negs[n])
-        if teacher:
-            scores = row["teacher"]
+        if label:
+            scores = row[label]
             cols["label"].append([float(scores[0])] + [float(scores[1 + n]) for n in picked])
     return cols, dropped
 
@@ -263,14 +265,23 @@ def train_reranker(
     logger.info("training precision: %s (mixed_precision=%r%s)", precision, cfg.mixed_precision,
                 "; bf16 autocast on a CPU with native bf16" if precision == "bf16" and not torch.cuda.is_available()
                 else "")
+    residual = cfg.loss == "listwise" and cfg.prior_weight is not None
+    if residual and not all("prior" in r for r in train_groups):
+        raise DataError("prior_weight is set but some training groups have no 'prior' scores; add them with "
+                        "rag_rerank.train.groups.add_prior_scores (finetune does)")
+    prior_weight = (fit_prior_weight(train_groups) if cfg.prior_weight == "auto" else float(cfg.prior_weight)) \
+        if residual else None
     if evaluator is None and eval_samples:
         # windows, like Reranker: the checkpoint kept is the best one as it will be served (README: ablation)
         # and in the training's precision (bf16 autocast where the CPU computes bf16 natively)
         evaluator = RerankingEvaluator(eval_samples, at_k=10, name="val", show_progress_bar=False,
-                                       long_documents="window",
+                                       long_documents="window", prior_weight=prior_weight,
                                        backend="torch-bf16" if precision == "bf16" else "torch")
-    builder = _group_columns if cfg.loss == "listwise" else _pair_columns
-    columns, dropped = builder(list(train_groups), cfg.train_group_size, cfg.seed)
+    if residual:
+        columns, dropped = _group_columns(list(train_groups), cfg.train_group_size, cfg.seed, label="prior")
+    else:
+        builder = _group_columns if cfg.loss == "listwise" else _pair_columns
+        columns, dropped = builder(list(train_groups), cfg.train_group_size, cfg.seed)
     if not columns["query"]:
         raise DataError(f"no usable training rows out of {len(train_groups)} ({dropped} had no negatives); "
                         "mine negatives first (rag-rerank mine)")
@@ -296,11 +307,11 @@ def train_reranker(
         logger.info("no warm start: %s has a trained head (the warm start is for a new one)", base_model)
     elif cfg.warm_start_steps and _resume_point(cfg.resume_from_checkpoint, out / "checkpoints") is None:
         columns_w, _ = _group_columns(list(train_groups), cfg.train_group_size, cfg.seed,
-                                      teacher=all("teacher" in r for r in train_groups))
+                                      label="teacher" if all("teacher" in r for r in train_groups) else None)
         columns_w["query"] = [cut(q) for q in columns_w["query"]]
         warm = warm_start(model, columns_w, cfg, head_lr)
     if cfg.loss == "listwise":
-        loss: nn.Module = GroupSoftmaxLoss(model)
+        loss: nn.Module = GroupSoftmaxLoss(model, prior_weight=prior_weight)
         loss_floor = math.log(cfg.train_group_size)
         floor_name = f"uniform level log({cfg.train_group_size})"
     else:
@@ -402,7 +413,7 @@ def train_reranker(
                "loss": cfg.loss, "train_group_size": cfg.train_group_size,
                "eval_queries": len(eval_samples) if eval_samples else None, "head_params": head_params,
                "warm_start": warm or None, "queries_cut": n_cut, "max_query_tokens": budget,
-               "precision": precision}
+               "precision": precision, "prior_weight": prior_weight}
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
     card = render_model_card(
         base_model=base_model, data_summary=summary, config=dataclasses.replace(cfg, head_learning_rate=head_lr),
