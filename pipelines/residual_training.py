@@ -39,9 +39,9 @@ from rag_rerank.io import iter_jsonl, read_json, write_json
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.reranker import Reranker, sigmoid
 from rag_rerank.rerank.runs import interpolate_run, score_candidates
-from rag_rerank.retrieval.fusion import normalize_scores
 from rag_rerank.retrieval.store import load_index
 from rag_rerank.train.finetune import finetune
+from rag_rerank.train.groups import prior_scores
 from rag_rerank.types import ranked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +71,10 @@ def measure(queries: dict, qrels: dict, corpus: dict, index: Any, model: Path, a
     probs = {q: dict(zip(s, sigmoid(np.array(list(s.values()))).tolist(), strict=True)) for q, s in logits.items()}
     systems = {TUNED: run, f"{TUNED}+reranker@{alpha:g}": interpolate_run(run, probs, alpha, 20)}
     if prior_weight is not None:
+        tops = {q: [d for d, _ in ranked(s, 20)] for q, s in run.items()}  # the prior as training computed it
         systems[f"{TUNED}+residual@{prior_weight:g}"] = {
-            q: {d: logits[q][d] + prior_weight * z for d, z in
-                normalize_scores(dict(ranked(dict(s), 20)), "zscore").items()} for q, s in run.items()}
+            q: {d: logits[q][d] + prior_weight * z for d, z in zip(top, prior_scores(run[q], top, 20), strict=True)}
+            for q, top in tops.items()}
     per = {name: per_query(r, qrels, "mrr@10") for name, r in systems.items()}
     out: dict[str, Any] = {"queries": len(queries), "mrr@10": {k: float(np.mean(list(v.values()))) for k, v in
                                                                per.items()}, "vs_first_stage_tuned": {}}
@@ -86,12 +87,12 @@ def measure(queries: dict, qrels: dict, corpus: dict, index: Any, model: Path, a
 def run_variant(name: str, args: argparse.Namespace, first_stage: dict[str, Any], real: tuple | None) -> dict:
     recipe, overrides = VARIANTS[name]
     out = args.work / name
-    rows = list(iter_jsonl(args.run / "train_groups.jsonl"))
     t0 = time.perf_counter()
     trained = out / "variant_training.json"  # a variant trained before a crash is measured, not trained again
     if trained.is_file() and read_json(trained).get("max_steps") == args.max_steps:
         entry: dict[str, Any] = read_json(trained)
     else:
+        rows = list(iter_jsonl(args.run / "train_groups.jsonl"))
         res = finetune(args.run / "dataset", out, recipe=recipe, index_dir=args.run / "index", groups=rows,
                        first_stage=first_stage, max_steps=args.max_steps, keep_checkpoints=False,
                        command="pipelines/residual_training.py", **overrides)

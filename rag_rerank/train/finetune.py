@@ -72,6 +72,11 @@ def open_index(dataset: QADataset, dataset_dir: Path, index_dir: str | os.PathLi
     return index
 
 
+def mining_depth(mining: MiningConfig) -> int:
+    """How deep the first stage retrieves for mining (and for the training groups' prior scores)."""
+    return max(mining.rank_max, 30)
+
+
 def mine_split(
     dataset: QADataset,
     index: Any,
@@ -95,7 +100,7 @@ def mine_split(
         qrels = {q: qrels[q] for q in keep}
     if not queries:
         raise DataError(f"split {split!r} has no questions; generate more chunks or change the split ratios")
-    depth = max(mining.rank_max, 30)
+    depth = mining_depth(mining)
     margin_run = None
     if mining.relative_margin is not None and getattr(index, "dense", None) is not None:
         # the margin uses dense cosine scores: take them from the same passes the hybrid fuses
@@ -250,10 +255,9 @@ def finetune(
         n = add_teacher_scores(rows, index.dense)
         logger.info("teacher scores (bi-encoder cosine) for %d of %d groups, for the warm start", n, len(rows))
     if cfg.prior_weight is not None and cfg.loss == "listwise" and not all("prior" in r for r in rows):
-        ids = {r["query_id"] for r in rows if "query_id" in r}
-        train_queries = {q: t for q, t in dataset.split("train")[1].items() if q in ids}
-        n = add_prior_scores(rows, index.search(train_queries, top_k=max(recipe.mining.rank_max, 30), mode="hybrid"),
-                             top_k)
+        train_queries = {r["query_id"]: r["query"] for r in rows if "query_id" in r}
+        run = index.search(train_queries, top_k=mining_depth(mining or recipe.mining), mode="hybrid")
+        n = add_prior_scores(rows, run, top_k)
         logger.info("first-stage prior scores for %d of %d groups, for residual training", n, len(rows))
     samples = samples_from_run(*val, top_k=top_k)[: recipe.checkpoint_eval_queries]
     if not samples:

@@ -212,11 +212,11 @@ def add_prior_scores(rows: list[dict[str, Any]], run: Mapping[str, Mapping[str, 
     return n
 
 
-def fit_prior_weight(rows: list[dict[str, Any]], grid: tuple[float, ...] = tuple(0.25 * i for i in range(1, 41)),
-                     group_size: int | None = None) -> float:
+def fit_prior_weight(rows: list[dict[str, Any]], grid: tuple[float, ...] = tuple(0.25 * i for i in range(1, 41))
+                     ) -> float:
     """The weight ``w`` of ``grid`` at which ``softmax(w * prior)`` best explains the training groups (lowest mean
     listwise loss, positive first): how far the first stage alone is to be trusted, fitted without labels beyond
-    the synthetic ones. ``group_size`` keeps that many candidates per row (default: all).
+    the synthetic ones. Rows are cut to the shortest row's candidates.
 
     Raises:
         DataError: when no row has ``prior`` scores.
@@ -227,7 +227,7 @@ def fit_prior_weight(rows: list[dict[str, Any]], grid: tuple[float, ...] = tuple
     """
     import numpy as np
 
-    priors = [r["prior"][:group_size] for r in rows if len(r.get("prior") or []) > 1]
+    priors = [r["prior"] for r in rows if len(r.get("prior") or []) > 1]
     if not priors:
         raise DataError("no training group has prior scores; add them with add_prior_scores")
     width = min(len(p) for p in priors)

@@ -18,7 +18,14 @@ from rag_rerank.errors import ConfigError
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
-__all__ = ["GroupSoftmaxLoss"]
+__all__ = ["GroupSoftmaxLoss", "group_scores"]
+
+
+def group_scores(labels: Tensor | list, logits: Tensor) -> Tensor:
+    """Per-candidate scores from a group batch's ``labels`` (a tensor, or the rows' lists), shaped and placed as
+    ``logits`` ``(B, 1 + k)``: the teacher scores of the warm start, the first-stage prior of residual training."""
+    rows = labels if isinstance(labels, Tensor) else torch.stack([torch.as_tensor(t) for t in labels])
+    return rows.to(logits.device, torch.float32).view_as(logits)
 
 
 class GroupSoftmaxLoss(nn.Module):
@@ -62,8 +69,7 @@ class GroupSoftmaxLoss(nn.Module):
         if self.prior_weight:
             if labels is None:
                 raise ConfigError("GroupSoftmaxLoss(prior_weight=...) needs the rows' prior scores as labels")
-            prior = labels if isinstance(labels, Tensor) else torch.stack([torch.as_tensor(p) for p in labels])
-            logits = logits + self.prior_weight * prior.to(logits.device, torch.float32).view_as(logits)
+            logits = logits + self.prior_weight * group_scores(labels, logits)
         target = torch.zeros(len(queries), dtype=torch.long, device=logits.device)
         return nn.functional.cross_entropy(logits, target)
 

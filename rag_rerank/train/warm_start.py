@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rag_rerank.errors import ConfigError
 from rag_rerank.train.distributed import per_process_batch
 from rag_rerank.train.guards import quiet
+from rag_rerank.train.losses import group_scores
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -58,8 +59,7 @@ class TeacherMarginLoss(nn.Module):
         pairs = [(q, col[b]) for b, q in enumerate(queries) for col in candidates]
         features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
         logits = self.model(features)["scores"].view(len(queries), len(candidates)).float()
-        rows = labels if isinstance(labels, Tensor) else torch.stack([torch.as_tensor(t) for t in labels])
-        teacher = rows.to(logits.device, torch.float32).view(len(queries), len(candidates))
+        teacher = group_scores(labels, logits)
         student = logits[:, :1] - logits[:, 1:]
         target = self.scale * (teacher[:, :1] - teacher[:, 1:])
         return nn.functional.mse_loss(student, target)
