@@ -1,14 +1,18 @@
-"""Does adapting the bi-encoder help the first stage? The optional MNRL stage on a small run, on real questions too.
+"""Does adapting the bi-encoder help the first stage? The optional MNRL stage, on real questions too.
 
-    python pipelines/bi_encoder_stage.py --run runs/demo_base --epochs 1 --epochs 4
+    python pipelines/bi_encoder_stage.py --run runs/demo_base --epochs 1 --epochs 4       # make demo's data
+    python pipelines/quality_benchmark.py --work runs/squad_new --stop-after mine        # SQuAD's data, then
+    python pipelines/bi_encoder_stage.py --run runs/squad_new/default --epochs 1 --sample 1000 \
+        --work runs/bi_encoder_stage_squad --out pipelines/results/bi_encoder_stage_squad.json
 
-For one ``adapt`` run folder over ``sample_docs/`` (``make demo``'s: its dataset and index), the first stage's
-bi-encoder (``embedded:minilm``) is fine-tuned as the recipe's optional ``bi_encoder_stage`` does it
+For one ``adapt`` run folder over SQuAD articles (``make demo``'s over ``sample_docs/``, or the SQuAD headline's
+over all of SQuAD dev: its dataset and index), the first stage's bi-encoder (``embedded:minilm``) is fine-tuned
+as the recipe's optional ``bi_encoder_stage`` does it
 (``finetune_bi_encoder``: MultipleNegativesRankingLoss, batch 32, one hard negative mined by the run's first stage
 with the recipe's mining settings, learning rate 2e-5), for each ``--epochs``. The corpus is indexed again with
 each tuned model, and the first stage's fusion is tuned on synthetic validation as ``adapt`` tunes it. Each first
 stage (the base, and each tuned bi-encoder) is then scored on the synthetic test split and on SQuAD's own human
-questions about the same 12 articles (matched to chunks as in ``demo_real_questions.py``; a seeded sample): BM25,
+questions about the same articles (matched to chunks as in ``demo_real_questions.py``; a seeded sample): BM25,
 dense alone, the RRF hybrid and the tuned first stage, with paired CIs of each adapted first stage (and its dense
 retriever alone) against the untrained tuned first stage and the RRF hybrid.
 Only synthetic validation chooses anything (the fusion); the test and real questions only measure.
@@ -47,7 +51,7 @@ def tuned_first_stage(index_dir: Path, dataset: Any, recipe: Any) -> tuple[Any, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="An adapt run over sample_docs/ (dataset and index).")
+    ap.add_argument("--run", type=Path, required=True, help="An adapt run over SQuAD articles (dataset and index).")
     ap.add_argument("--epochs", type=float, action="append", help="Bi-encoder epochs (repeatable; default 1 and 4).")
     ap.add_argument("--sample", type=int, default=500, help="Real questions evaluated (a seeded sample).")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bi_encoder_stage")
@@ -62,7 +66,7 @@ def main() -> int:
     corpus = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}
     real_q, real_qrels, counts = real_questions(SQUAD, corpus)
     if not real_q:
-        ap.error(f"no SQuAD question matches the articles of {args.run} (is it a run over sample_docs/?)")
+        ap.error(f"no SQuAD question matches the articles of {args.run} (is it a run over SQuAD articles?)")
     _, test_q, test_qrels = dataset.split("test")
     splits = {"test": (dataset.corpus, test_q, test_qrels, None), "real": (corpus, real_q, real_qrels, args.sample)}
     base_index, base_choice = tuned_first_stage(args.run / "index", dataset, recipe)

@@ -152,7 +152,8 @@ def adapt(
         n_groups = run.stage("mine", lambda: _mine(run, recipe, index_dir, first.settings), say)
         if stop_after == "mine":
             return None
-        n_val = read_json(run.dataset_dir / "manifest.json").get("counts", {}).get("per_split", {}).get("validation")
+        manifest = read_json(run.dataset_dir / "manifest.json")  # the dataset's counts and generation timings
+        n_val = manifest.get("counts", {}).get("per_split", {}).get("validation")
         training = recipe.training_config(n_groups, plan.steps, val_questions=n_val)
         run.stage("train", lambda: _train(run, recipe, base_model, index_dir, first, training, deadline,
                                           show_progress_bar), say)
@@ -166,9 +167,9 @@ def adapt(
             student = run.stage("distill", lambda: _distill(run, recipe, index_dir, first, choice, distill), say)
             served = run.student_dir if student["kept"] else served
         report = run.stage("evaluate", lambda: _evaluate(run, recipe, index_dir, first, choice, served), say)
-        summary = _summary(run, recipe, plan, first, choice, report, llm_kind, base_model, training)
+        summary = _summary(run, recipe, plan, first, choice, report, llm_kind, base_model, training, manifest)
         run.write_summary(summary)
-        _record_throughput(run, llm_kind, recipe, base_model)
+        _record_throughput(run, llm_kind, recipe, base_model, manifest)
     say(f"\nVERDICT (validation): {choice.verdict(TUNED)}")
     say(_test_line(summary))
     return AdaptResult(
@@ -343,8 +344,8 @@ def _delta(report: dict[str, Any], system: str, baseline: str) -> dict[str, Any]
 
 
 def _summary(run: RunFolder, recipe: Recipe, plan: Plan, first: FirstStageChoice, choice: FusionChoice,
-             report: dict[str, Any], llm_kind: str, base_model: str, training: Any) -> dict[str, Any]:
-    manifest = read_json(run.dataset_dir / "manifest.json")
+             report: dict[str, Any], llm_kind: str, base_model: str, training: Any,
+             manifest: dict[str, Any]) -> dict[str, Any]:
     shipped = report.get("shipped_system") or TUNED
     test: dict[str, Any] = {"queries": report.get("queries", 0), "systems": report.get("systems", {})}
     if report:
@@ -391,8 +392,9 @@ def _test_line(summary: dict[str, Any]) -> str:
             f"tuned first stage ({ok}).")
 
 
-def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model: str) -> None:
-    timings = read_json(run.dataset_dir / "manifest.json").get("timings", {})
+def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model: str,
+                       manifest: dict[str, Any]) -> None:
+    timings = manifest.get("timings", {})
     asked = timings.get("requests_this_run") or 0
     s_chunk = timings.get("llm_seconds", 0) / asked if asked >= 8 else None
     train = run.stage_result("train")
