@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import gold_ranks, rank_histogram
 from rag_rerank.generate.store import load_qa_dataset
-from rag_rerank.io import read_json, write_json
+from rag_rerank.io import write_json
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.store import load_index
 from rag_rerank.train.finetune import mine_split
@@ -37,18 +39,18 @@ logger = logging.getLogger("consistency_filter")
 
 def measure(run_dir: Path, ks: list[int], recipe_name: str) -> dict[str, Any]:
     recipe = get_recipe(recipe_name)
-    first_stage = read_json(run_dir / "stages.json")["first_stage"]["result"]["settings"]
+    finished_stage(run_dir, "mine")
+    first_stage = finished_stage(run_dir, "first_stage")["settings"]
     dataset = load_qa_dataset(run_dir / "dataset")
     index = load_index(run_dir / "index").with_fusion(**first_stage)
     _, _, qrels = dataset.split("train")
     out: dict[str, Any] = {"first_stage": first_stage, "train_questions": len(qrels), "by_k": {}}
-    for k in [None, *ks]:
+    searched = mine_split(dataset, index, "train", mining=recipe.mining, group_size=recipe.training.train_group_size)
+    out["rank_of_positive"] = rank_histogram(gold_ranks(searched.run, qrels), edges=(1, 3, 5, 10, 20, 30))
+    out["groups_unfiltered"] = len(searched.groups)
+    for k in ks:  # the same search, mined again with the filter at each depth
         mined = mine_split(dataset, index, "train", mining=dataclasses.replace(recipe.mining, max_positive_rank=k),
-                           group_size=recipe.training.train_group_size)
-        if k is None:
-            out["rank_of_positive"] = rank_histogram(gold_ranks(mined.run, qrels), edges=(1, 3, 5, 10, 20, 30))
-            out["groups_unfiltered"] = len(mined.groups)
-            continue
+                           group_size=recipe.training.train_group_size, searched=searched)
         dropped = len(mined.mining.inconsistent)
         out["by_k"][str(k)] = {"dropped": dropped, "kept_share": round(1 - dropped / max(len(qrels), 1), 4),
                                "groups": len(mined.groups)}
@@ -77,4 +79,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

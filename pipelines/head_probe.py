@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
-from rag_rerank.io import iter_jsonl, read_json, write_json
+from rag_rerank.io import iter_jsonl, write_json
 from rag_rerank.models import load_cross_encoder
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.store import load_index
@@ -109,7 +111,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "head_probe.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    first_stage = read_json(args.run / "stages.json")["first_stage"]["result"]["settings"]
+    finished_stage(args.run, "mine")  # its train_groups.jsonl
+    first_stage = finished_stage(args.run, "first_stage")["settings"]
     index = load_index(args.run / "index").with_fusion(**first_stage)
     queries, qrels, corpus, run = validation_run(load_qa_dataset(args.run / "dataset"), index, top_k=20,
                                                  max_queries=None)
@@ -145,4 +148,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

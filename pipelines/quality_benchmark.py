@@ -45,6 +45,7 @@ from rag_rerank.evaluate.compare import evaluate_systems, sample_query_ids
 from rag_rerank.evaluate.report import write_report
 from rag_rerank.io import atomic_write, export_documents, load_beir, read_json, write_json
 from rag_rerank.models import cache_dir
+from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.fusion import TUNED, load_fusion
 from rag_rerank.retrieval.store import build_index, load_index
 from rag_rerank.train.recipes import get_recipe
@@ -267,6 +268,7 @@ def main() -> int:
                        "for every run.",
                "wall_s": round(sum(r["wall_s"] for r in runs.values()), 1)}
     out["this_invocation_wall_s"] = round(time.perf_counter() - t0, 1)
+    out["machine"] = machine_info()  # where this invocation ran (stages it found done ran where they ran)
     write_json(out_json, out)
     logger.info("wrote %s", out_json)
     shipped = {n: r.get("headline_system") for n, r in out.get("runs", {"default": out}).items()}

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from demo_real_questions import SQUAD, real_questions
 
+from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.cli import run_script
 from rag_rerank.evaluate.compare import sample_query_ids
 from rag_rerank.evaluate.metrics import per_query
 from rag_rerank.evaluate.significance import paired_bootstrap
@@ -131,7 +133,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rag_rerank").setLevel(logging.INFO)
-    first_stage = read_json(args.run / "stages.json")["first_stage"]["result"]["settings"]
+    finished_stage(args.run, "mine")  # its train_groups.jsonl
+    first_stage = finished_stage(args.run, "first_stage")["settings"]
     real = None
     if args.real:
         corpus_all = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}
@@ -160,4 +163,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rag_rerank.cli import run_script
 from rag_rerank.evaluate.compare import sample_query_ids
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.evaluate.result import compare
@@ -56,8 +57,11 @@ def card_settings(model_dir: Path) -> dict[str, Any]:
     return json.loads(m.group(1)) if m else {}
 
 
-def checkpoints(model_dir: Path) -> list[tuple[int | None, Path]]:
-    """``(step, folder)`` of each complete checkpoint, by step; the folder itself when it has none."""
+def checkpoints(model_dir: Path, final_only: bool = False) -> list[tuple[int | None, Path]]:
+    """``(step, folder)`` of each complete checkpoint, by step; the folder itself when it has none (or when
+    ``final_only``: the model the folder holds, the trainer's choice)."""
+    if final_only:
+        return [(None, model_dir)]
     found = []
     for ck in (model_dir / "checkpoints").glob("checkpoint-*"):
         if (ck / "trainer_state.json").is_file() and (ck / "config.json").is_file():
@@ -88,6 +92,26 @@ def cached_scores(path: Path, key: dict[str, Any], make: Any) -> dict[str, dict[
     return scores
 
 
+def paired_with_first_row(rows: list[dict[str, Any]], real_run: Any, real_qrels: Any, cache: Path,
+                          args: argparse.Namespace) -> None:
+    """Each later row's fused system against the first row's, on the same real questions (paired bootstrap):
+    ``real.vs_first_row`` (from the cached scores)."""
+    if len(rows) < 2:
+        return
+
+    def fused(row: dict[str, Any]) -> Any:
+        scores = read_json(cache / f"{row['id']}.real.json")["scores"]
+        return apply_scores(real_run, scores, args.top_k, row["synthetic_val"]["chosen_alpha"])
+
+    ref = rows[0]
+    for row in rows[1:]:
+        cmp = compare({ref["id"]: fused(ref), row["id"]: fused(row)}, real_qrels, baseline=ref["id"],
+                      metrics=METRICS, n_resamples=args.n_resamples, seed=args.seed)
+        deltas = {m: cmp.get_delta(row["id"], ref["id"], m) for m in METRICS}
+        row["real"]["vs_first_row"] = {"against": ref["id"], **{m: {"delta": d.delta, "ci95": list(d.ci95), "p": d.p}
+                                                                 for m, d in deltas.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
@@ -103,6 +127,8 @@ def main() -> int:
     ap.add_argument("--backend", default="torch",
                     help="Reranker backend for every row (e.g. openvino-bf16: 3x faster, MRR@10 within 0.001 of "
                          "torch on the headline, pipelines/results/backend_parity.json).")
+    ap.add_argument("--final-only", action="store_true",
+                    help="One row per model: the model its folder holds (the checkpoint its trainer kept).")
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "squad_ablation.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,7 +164,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name, model_dir in models:
         settings = card_settings(model_dir)
-        for step, folder in checkpoints(model_dir):
+        for step, folder in checkpoints(model_dir, args.final_only):
             row_id = f"{name}@{step}" if step is not None else name
             key = {"model": str(folder.resolve()), "top_k": args.top_k, "val": args.val_queries,
                    "real": args.real_queries, "seed": args.seed, "n_resamples": args.n_resamples,
@@ -180,6 +206,7 @@ def main() -> int:
                         cmp.systems["hybrid"]["mrr@10"], cmp.systems["reranker"]["mrr@10"], fused,
                         cmp.systems[fused]["mrr@10"])
             write_json(args.out, {"rows": rows, "partial": True})
+    paired_with_first_row(rows, real_run, real_qrels, cache, args)
     write_json(args.out, {
         "rows": rows,
         "real_queries": len(qids), "val_queries": len(val_q), "top_k": args.top_k, "seed": args.seed,
@@ -195,4 +222,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

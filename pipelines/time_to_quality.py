@@ -27,6 +27,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, read_json, write_json
@@ -68,6 +70,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict
     # (consistency_filter.json), so only these depths can change anything
     "pospool-consistent10": ("v3", {}, {"max_positive_rank": 10}),
     "pospool-consistent5": ("v3", {}, {"max_positive_rank": 5}),
+    # negatives: a group holds group_size - 1 = 4 negatives, and the recipe mines 4 hard ones (ranks 2-30, the best
+    # ranked survivors) then 1 random one, so build_groups keeps the 4 hard ones and the random one only pads a short
+    # list (18 of SQuAD's 2,578 groups). These give the random negative its slot (3 hard + 1 random), or sample the
+    # hard ones among the window's survivors (FlagEmbedding samples its negatives from a rank range)
+    "pospool-3hard1random": ("v3", {}, {"num_negatives": 3}),
+    "pospool-sampled": ("v3", {}, {"sampling_strategy": "random"}),
 }
 
 
@@ -177,8 +185,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rag_rerank").setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
-    stages = read_json(args.run / "stages.json")
-    first_stage = stages["first_stage"]["result"]["settings"]
+    finished_stage(args.run, "mine")  # its train_groups.jsonl
+    first_stage = finished_stage(args.run, "first_stage")["settings"]
     dataset = load_qa_dataset(args.run / "dataset")
     index = load_index(args.run / "index")
     val = validation_run(dataset, index.with_fusion(**first_stage), top_k=20, max_queries=args.val_queries)
@@ -210,4 +218,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -120,6 +120,30 @@ def test_another_recipe_or_setting_is_refused_and_nothing_is_lost(run, stub: Stu
     assert json.loads(run.summary_path.read_text())["student"] == {} and not (run.run_dir / "student").exists()
 
 
+def test_a_finished_stage_reads_back_and_a_script_on_an_unfinished_folder_fails_in_one_line(run,
+                                                                                          tmp_path: Path) -> None:
+    from rag_rerank.adaptation.runfolder import finished_stage
+
+    stages = json.loads((run.run_dir / "stages.json").read_text())
+    assert finished_stage(run.run_dir, "first_stage") == stages["first_stage"]["result"]
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "stages.json").write_text(json.dumps({"generate": stages["generate"]}))
+    with pytest.raises(DataError, match="finished through its 'mine' stage"):
+        finished_stage(half, "mine")
+    out = tmp_path / "filter.json"
+    script = [sys.executable, str(REPO / "pipelines" / "consistency_filter.py"), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "RAG_RERANK_DEBUG"}
+    bad = subprocess.run([*script, "--run", str(half)], capture_output=True, text=True, cwd=REPO, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not out.exists()
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {half} is not an adapt run folder")
+    ok = subprocess.run([*script, "--run", str(run.run_dir), "--k", "1"], capture_output=True, text=True, cwd=REPO,
+                        env=env)
+    assert ok.returncode == 0, ok.stderr
+    measured = json.loads(out.read_text())["runs"][str(run.run_dir)]
+    assert measured["by_k"]["1"]["dropped"] + measured["by_k"]["1"]["groups"] >= measured["groups_unfiltered"]
+
+
 @pytest.mark.parametrize("kind", ["empty", "unsupported", "missing"])
 def test_bad_folders_fail_with_one_line_and_write_nothing(tmp_path: Path, kind: str) -> None:
     docs = tmp_path / "docs"

@@ -66,6 +66,26 @@ def test_mine_writes_groups_without_positives(dataset, index_dir, tiny_bi_encode
         assert len(set(row["negatives"])) == 3
 
 
+def test_mine_split_mines_an_earlier_search_again_as_a_fresh_search_would(dataset, index_dir):
+    import dataclasses
+
+    from rag_rerank.errors import ConfigError
+    from rag_rerank.retrieval.store import load_index
+    from rag_rerank.train.finetune import mine_split
+    from rag_rerank.train.mining import MiningConfig
+
+    ds, index = load_qa_dataset(dataset), load_index(index_dir)
+    first = mine_split(ds, index, "train", mining=MiningConfig(), group_size=4)
+    assert first.margin_run is not None  # the dense run the margin guard used, kept for a later mining
+    other = dataclasses.replace(MiningConfig(), rank_min=3, num_negatives=2, sampling_strategy="random")
+    fresh = mine_split(ds, index, "train", mining=other, group_size=4)
+    again = mine_split(ds, index, "train", mining=other, group_size=4, searched=first)
+    assert again.run is first.run and again.groups == fresh.groups and again.groups != first.groups
+    assert again.mining.report == fresh.mining.report
+    with pytest.raises(ConfigError, match="other questions"):
+        mine_split(ds, index, "validation", mining=other, searched=first)
+
+
 def test_train_cli_saves_a_model_that_loads_everywhere(dataset, index_dir, tiny_bi_encoder_dir,
                                                        tiny_cross_encoder_dir, tmp_path):
     from sentence_transformers import CrossEncoder

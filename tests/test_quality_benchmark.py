@@ -62,3 +62,14 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
         a = r["synthetic_val"]["chosen_alpha"]
         fused_real = r["real"]["systems"][f"fused@{a:g}"]["mrr@10"]
         assert fused_real == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{a:g}"])
+    # --final-only: one row per model folder, and each later row paired with the first on the same questions
+    abl2 = tmp_path / "ablation_final.json"
+    cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}"]
+    proc = subprocess.run(cmd2, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = json.loads(abl2.read_text())["rows"]
+    assert (first["model"], second["model"]) == ("quick", "checkpoint") and first["step"] is None
+    fused = [r["real"]["systems"][f"fused@{r['synthetic_val']['chosen_alpha']:g}"]["mrr@10"] for r in (first, second)]
+    paired = second["real"]["vs_first_row"]
+    assert paired["against"] == "quick" and paired["mrr@10"]["delta"] == pytest.approx(fused[1] - fused[0])
+    assert paired["mrr@10"]["ci95"][0] <= paired["mrr@10"]["delta"] <= paired["mrr@10"]["ci95"][1]

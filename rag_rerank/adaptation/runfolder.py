@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.errors import RagRerankError
+from rag_rerank.errors import DataError, RagRerankError
 from rag_rerank.io import read_json, run_lock, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunFolder"]
+__all__ = ["RunFolder", "finished_stage"]
 
 
 # a recipe's name and description are labels: a recipe renamed or promoted (``next`` became ``default``) with the
@@ -52,6 +52,24 @@ def _new_or_seeded(path: Path) -> bool:
     if [p.name for p in entries] != ["dataset"] or not entries[0].is_dir():
         return False
     return [p.name for p in entries[0].iterdir() if not p.name.startswith(".")] == ["checkpoint.jsonl"]
+
+
+def finished_stage(path: str | os.PathLike, name: str) -> Any:
+    """The recorded result of stage ``name`` of the ``adapt`` run folder ``path`` (read only, no lock taken).
+
+    Example:
+        >>> finished_stage("runs/mydocs", "first_stage")["settings"]  # doctest: +SKIP
+        {'fusion': 'weighted', 'norm': 'zscore', 'weights': [0.5, 0.5]}
+
+    Raises:
+        DataError: naming the folder and the fix, when it is not an ``adapt`` run folder finished through ``name``.
+    """
+    path = Path(path)
+    stages = read_json(path / "stages.json") if (path / "stages.json").is_file() else {}
+    if name not in stages:
+        raise DataError(f"{path} is not an adapt run folder finished through its {name!r} stage; run "
+                        f"`rag-rerank adapt DOCS --out {path}` (or `adapt(..., stop_after={name!r})`) first")
+    return stages[name]["result"]
 
 
 class RunFolder:

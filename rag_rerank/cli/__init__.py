@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import click
 
@@ -19,6 +21,19 @@ from rag_rerank.errors import RagRerankError
 # fix) and OS errors about the paths the user gave. A ValueError from deep inside torch or numpy is a bug, and
 # keeps its traceback.
 USER_ERRORS = (RagRerankError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def run_script(main: Callable[[], int | None]) -> NoReturn:
+    """Run a script's ``main`` (``pipelines/*.py``) under the CLI's policy: a user error (a run folder not through
+    the stage a script needs, a missing file) is one ``error: ...`` line and exit status 1, no traceback
+    (``RAG_RERANK_DEBUG=1`` shows it)."""
+    try:
+        code = main()
+    except USER_ERRORS as e:
+        if os.environ.get("RAG_RERANK_DEBUG"):
+            raise
+        sys.exit(f"error: {e}")
+    sys.exit(code)
 
 
 class _Group(click.Group):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.errors import DataError
+from rag_rerank.errors import ConfigError, DataError
 from rag_rerank.generate.store import QADataset, load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_jsonl
 from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, save_fusion
@@ -46,6 +46,7 @@ class MinedSplit:
     run: Run
     mining: MiningResult
     groups: list[dict[str, Any]]
+    margin_run: Run | None = None
 
 
 def open_index(dataset: QADataset, dataset_dir: Path, index_dir: str | os.PathLike | None, bi_encoder: str | None):
@@ -86,11 +87,14 @@ def mine_split(
     group_size: int = 5,
     max_queries: int | None = None,
     show_progress_bar: bool | None = None,
+    searched: MinedSplit | None = None,
 ) -> MinedSplit:
     """Retrieve with the hybrid first stage and mine negatives for the questions of ``split``.
 
     The rank window and guards come from ``mining``; the relative margin is applied to the dense
-    (cosine) scores, which are comparable across queries, rather than to RRF scores.
+    (cosine) scores, which are comparable across queries, rather than to RRF scores. ``searched``, an earlier
+    result for the same split, index and questions, mined with a window at least as deep, lends its first-stage
+    runs: only the mining is redone (to compare mining settings without searching again).
     """
     mining = mining or MiningConfig()
     corpus, queries, qrels = dataset.split(split)
@@ -101,8 +105,17 @@ def mine_split(
     if not queries:
         raise DataError(f"split {split!r} has no questions; generate more chunks or change the split ratios")
     depth = mining_depth(mining)
+    if mining.num_random and mining.num_negatives >= group_size - 1:  # build_groups keeps the first group_size - 1
+        logger.info("groups of %d hold %d negatives, all hard ones (num_negatives=%d): the %d random negative(s) per "
+                    "question only pad a question with fewer hard ones", group_size, group_size - 1,
+                    mining.num_negatives, mining.num_random)
     margin_run = None
-    if mining.relative_margin is not None and getattr(index, "dense", None) is not None:
+    if searched is not None:
+        if searched.split != split or searched.queries.keys() != queries.keys():
+            raise ConfigError(f"searched= holds the runs of other questions (split {searched.split!r}); pass a "
+                              f"result of mine_split on split {split!r} with the same max_queries")
+        run, margin_run = searched.run, searched.margin_run
+    elif mining.relative_margin is not None and getattr(index, "dense", None) is not None:
         # the margin uses dense cosine scores: take them from the same passes the hybrid fuses
         runs = index.search_all(queries, top_k=depth, show_progress_bar=show_progress_bar)
         run, margin_run = runs["hybrid"], runs["dense"]
@@ -113,7 +126,7 @@ def mine_split(
                                  show_progress_bar=show_progress_bar)
     kept = {q: r for q, r in qrels.items() if q not in result.inconsistent}  # the consistency filter's drops
     groups = build_groups(queries, kept, result.negatives, corpus, group_size=group_size, seed=mining.seed)
-    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups)
+    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups, margin_run=margin_run)
 
 
 def validation_run(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
