@@ -62,7 +62,9 @@ class MiningConfig:
         rank_max: last rank (inclusive). A run shorter than this simply yields fewer candidates.
         num_negatives: hard negatives per query (fewer when the guards leave fewer).
         num_random: random negatives per query, drawn from the rest of the corpus and passed through
-            the positive/neighbor/overlap guards.
+            the positive/neighbor/overlap guards. They follow the hard ones, and a training group keeps its first
+            ``group_size - 1`` negatives (:func:`rag_rerank.train.groups.build_groups`): with ``num_negatives >=
+            group_size - 1`` they only pad a query left with fewer hard ones.
         relative_margin: drop candidates scoring above ``p - |p| * relative_margin``, where ``p`` is
             the lowest known positive score (``None`` disables). On cosine scores 0.05 means "at least
             5% below the positive". On RRF scores, which are rank-based and packed in a narrow band,
