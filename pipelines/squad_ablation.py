@@ -14,6 +14,17 @@ evaluates each checkpoint in ``MODEL/checkpoints`` (``finetune`` with
   at the validation-chosen alpha, with paired bootstrap CIs against the hybrid; the whole alpha grid is also
   reported, marked as an oracle view.
 
+The alpha is chosen by ``--alpha-rule`` (:data:`rag_rerank.rerank.fusion.RULES`). Each row also checks every rule
+(``alpha_rules``):
+
+- on validation only, out of sample: over ``--splits`` seeded random halves of the validation questions, the rule
+  picks on one half and the other half scores its pick; ``split_half_val_mrr@10`` is the mean over the splits;
+- its pick on all the validation questions, that alpha's real MRR@10, and each rule's shipped system against
+  the first rule's on the real questions (paired).
+
+``rule_choice`` pools the split-half means over the rows: the rule a choice made on validation alone would take.
+The real questions report each rule's pick; they choose nothing.
+
 Scores are cached per checkpoint under ``WORK/ablation/scores`` and the result is rewritten after each
 checkpoint, so an interrupted run resumes. Writes ``pipelines/results/squad_ablation.json``.
 """
@@ -30,17 +41,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.compare import sample_query_ids
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.evaluate.result import compare
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import load_beir, read_json, write_json
-from rag_rerank.rerank.fusion import DEFAULT_GRID, choose_alpha, load_fusion
+from rag_rerank.rerank.fusion import DEFAULT_GRID, RULES, choose_alpha, load_fusion
 from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.retrieval import load_index
 from rag_rerank.train.finetune import validation_run
+from rag_rerank.train.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "beir"
@@ -92,24 +106,59 @@ def cached_scores(path: Path, key: dict[str, Any], make: Any) -> dict[str, dict[
     return scores
 
 
-def paired_with_first_row(rows: list[dict[str, Any]], real_run: Any, real_qrels: Any, cache: Path,
+def _delta_json(d: Any) -> dict[str, Any]:
+    return {"delta": d.delta, "ci95": list(d.ci95), "p": d.p}
+
+
+def paired_with_first_row(rows: list[dict[str, Any]], fused: dict[str, Any], real_qrels: Any,
                           args: argparse.Namespace) -> None:
     """Each later row's fused system against the first row's, on the same real questions (paired bootstrap):
-    ``real.vs_first_row`` (from the cached scores)."""
-    if len(rows) < 2:
-        return
-
-    def fused(row: dict[str, Any]) -> Any:
-        scores = read_json(cache / f"{row['id']}.real.json")["scores"]
-        return apply_scores(real_run, scores, args.top_k, row["synthetic_val"]["chosen_alpha"])
-
-    ref = rows[0]
+    ``real.vs_first_row``. ``fused``: ``{row id: its shipped run}``."""
+    ref = rows[0]["id"]
     for row in rows[1:]:
-        cmp = compare({ref["id"]: fused(ref), row["id"]: fused(row)}, real_qrels, baseline=ref["id"],
-                      metrics=METRICS, n_resamples=args.n_resamples, seed=args.seed)
-        deltas = {m: cmp.get_delta(row["id"], ref["id"], m) for m in METRICS}
-        row["real"]["vs_first_row"] = {"against": ref["id"], **{m: {"delta": d.delta, "ci95": list(d.ci95), "p": d.p}
-                                                                 for m, d in deltas.items()}}
+        cmp = compare({ref: fused[ref], row["id"]: fused[row["id"]]}, real_qrels, baseline=ref, metrics=METRICS,
+                      n_resamples=args.n_resamples, seed=args.seed)
+        row["real"]["vs_first_row"] = {"against": ref, **{m: _delta_json(cmp.get_delta(row["id"], ref, m))
+                                                          for m in METRICS}}
+
+
+def rule_check(val_run: Any, vh: Any, val_qrels: Any, real_run: Any, rh: Any, real_qrels: Any,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Every alpha rule on one row: out of sample on validation halves, then its pick and the pick's real score
+    (see the module docstring)."""
+    qids = sorted(q for q in val_qrels if q in val_run and q in vh)
+    rng = np.random.default_rng(args.seed)
+    held: dict[str, list[float]] = {r: [] for r in RULES}
+    picks: dict[str, list[float]] = {r: [] for r in RULES}
+    for _ in range(args.splits):
+        order = rng.permutation(len(qids))
+        halves = [{qids[i]: val_qrels[qids[i]] for i in order[: len(qids) // 2]},
+                  {qids[i]: val_qrels[qids[i]] for i in order[len(qids) // 2:]}]
+        for r in RULES:
+            pick = choose_alpha(val_run, vh, halves[0], top_k=args.top_k, rule=r, min_queries=1,
+                                n_resamples=200).candidate
+            picks[r].append(pick)
+            held[r].append(evaluate(apply_scores({q: val_run[q] for q in halves[1]}, vh, args.top_k, pick),
+                                    halves[1], ["mrr@10"])["mrr@10"])
+    out: dict[str, Any] = {}
+    for r in RULES:
+        alpha = choose_alpha(val_run, vh, val_qrels, top_k=args.top_k, rule=r).alpha
+        out[r] = {"alpha": alpha, "split_half_val_mrr@10": float(np.mean(held[r])),
+                  "split_half_picks": {f"{a:g}": picks[r].count(a) for a in sorted(set(picks[r]))},
+                  "real_mrr@10": evaluate(apply_scores(real_run, rh, args.top_k, alpha), real_qrels,
+                                          ["mrr@10"])["mrr@10"]}
+    runs = {r: apply_scores(real_run, rh, args.top_k, out[r]["alpha"]) for r in RULES}
+    cmp = compare(runs, real_qrels, baseline=RULES[0], metrics=METRICS, n_resamples=args.n_resamples, seed=args.seed)
+    for r in RULES[1:]:
+        out[r]["real_vs_" + RULES[0]] = {m: _delta_json(cmp.get_delta(r, RULES[0], m)) for m in METRICS}
+    return out
+
+
+def rule_choice(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule with the best split-half validation MRR@10, pooled (averaged) over the rows (ties: the first)."""
+    pooled = {r: float(np.mean([row["alpha_rules"][r]["split_half_val_mrr@10"] for row in rows])) for r in RULES}
+    return {"split_half_val_mrr@10": pooled, "chosen": max(RULES, key=lambda r: (pooled[r], -RULES.index(r))),
+            "rows": len(rows), "note": "chosen on synthetic validation only"}
 
 
 def main() -> int:
@@ -127,6 +176,9 @@ def main() -> int:
     ap.add_argument("--backend", default="torch",
                     help="Reranker backend for every row (e.g. openvino-bf16: 3x faster, MRR@10 within 0.001 of "
                          "torch on the headline, pipelines/results/backend_parity.json).")
+    ap.add_argument("--alpha-rule", choices=RULES, default=get_recipe("default").alpha_rule,
+                    help="The rule that picks each row's shipped alpha (default: the default recipe's).")
+    ap.add_argument("--splits", type=int, default=200, help="Random validation halves per row for alpha_rules.")
     ap.add_argument("--final-only", action="store_true",
                     help="One row per model: the model its folder holds (the checkpoint its trainer kept).")
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "squad_ablation.json")
@@ -162,6 +214,7 @@ def main() -> int:
 
     previous = read_json(args.out) if args.out.is_file() else {}
     rows: list[dict[str, Any]] = []
+    shipped: dict[str, Any] = {}  # row id -> its fused run on the real questions
     for name, model_dir in models:
         settings = card_settings(model_dir)
         for step, folder in checkpoints(model_dir, args.final_only):
@@ -169,20 +222,24 @@ def main() -> int:
             key = {"model": str(folder.resolve()), "top_k": args.top_k, "val": args.val_queries,
                    "real": args.real_queries, "seed": args.seed, "n_resamples": args.n_resamples,
                    "backend": args.backend}
-            old = next((r for r in previous.get("rows", []) if r.get("id") == row_id and r.get("key") == key), None)
+            row_key = {**key, "alpha_rule": args.alpha_rule, "splits": args.splits}
+            old = next((r for r in previous.get("rows", []) if r.get("id") == row_id and r.get("key") == row_key),
+                       None)
             if old is not None:
                 rows.append(old)
+                rh = read_json(cache / f"{row_id}.real.json")["scores"]
+                shipped[row_id] = apply_scores(real_run, rh, args.top_k, old["synthetic_val"]["chosen_alpha"])
                 continue
             s = time.perf_counter()
             reranker = Reranker(str(folder), backend=args.backend)
             vh = cached_scores(cache / f"{row_id}.val.json", key,
                                lambda r=reranker: score_candidates(val_run, val_q, val_corpus, r, args.top_k))
-            choice = choose_alpha(val_run, vh, val_qrels, top_k=args.top_k)
+            choice = choose_alpha(val_run, vh, val_qrels, top_k=args.top_k, rule=args.alpha_rule)
             rh = cached_scores(cache / f"{row_id}.real.json", key,
                                lambda r=reranker: score_candidates(real_run, real_q, corpus, r, args.top_k))
             fused = f"fused@{choice.alpha:g}"
-            runs = {"hybrid": real_run, "reranker": apply_scores(real_run, rh, args.top_k),
-                    fused: apply_scores(real_run, rh, args.top_k, choice.alpha)}
+            shipped[row_id] = apply_scores(real_run, rh, args.top_k, choice.alpha)
+            runs = {"hybrid": real_run, "reranker": apply_scores(real_run, rh, args.top_k), fused: shipped[row_id]}
             cmp = compare(runs, real_qrels, metrics=METRICS, n_resamples=args.n_resamples, seed=args.seed)
             grid = {f"{a:g}": evaluate(apply_scores(real_run, rh, args.top_k, a), real_qrels, ["mrr@10"])["mrr@10"]
                     for a in DEFAULT_GRID}
@@ -193,22 +250,22 @@ def main() -> int:
                                                           "lr_scheduler", "max_steps") if k in settings},
                 "synthetic_val": {"queries": choice.queries, "first_stage_mrr@10": choice.by_alpha["0"],
                                   "reranker_mrr@10": choice.by_alpha["1"], "chosen_alpha": choice.alpha,
-                                  "best_alpha": choice.best_alpha, "status": choice.status,
+                                  "best_alpha": choice.best_alpha, "rule": choice.rule, "status": choice.status,
                                   "fused_mrr@10": choice.value},
                 "real": {"queries": cmp.queries, "systems": cmp.systems,
-                         "delta": {k: {m: {"delta": d.delta, "ci95": list(d.ci95), "p": d.p} for m, d in v.items()}
-                                   for k, v in cmp.delta.items()},
+                         "delta": {k: {m: _delta_json(d) for m, d in v.items()} for k, v in cmp.delta.items()},
                          "oracle_mrr@10_by_alpha": grid},
-                "key": key, "wall_s": round(time.perf_counter() - s, 1),
+                "alpha_rules": rule_check(val_run, vh, val_qrels, real_run, rh, real_qrels, args),
+                "key": row_key, "wall_s": round(time.perf_counter() - s, 1),
             })
             logger.info("%s: val reranker %.4f (alpha %.1f -> %.4f); real hybrid %.4f, reranker %.4f, %s %.4f",
                         row_id, choice.by_alpha["1"], choice.alpha, choice.value,
                         cmp.systems["hybrid"]["mrr@10"], cmp.systems["reranker"]["mrr@10"], fused,
                         cmp.systems[fused]["mrr@10"])
             write_json(args.out, {"rows": rows, "partial": True})
-    paired_with_first_row(rows, real_run, real_qrels, cache, args)
+    paired_with_first_row(rows, shipped, real_qrels, args)
     write_json(args.out, {
-        "rows": rows,
+        "rows": rows, "rule_choice": rule_choice(rows), "alpha_rule": args.alpha_rule,
         "real_queries": len(qids), "val_queries": len(val_q), "top_k": args.top_k, "seed": args.seed,
         "backend": args.backend,
         "note": "Choices (the alpha; the shipped checkpoint) use the synthetic validation split only. The real "

@@ -76,6 +76,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict
     # hard ones among the window's survivors (FlagEmbedding samples its negatives from a rank range)
     "pospool-3hard1random": ("v3", {}, {"num_negatives": 3}),
     "pospool-sampled": ("v3", {}, {"sampling_strategy": "random"}),
+    # today's default with another training seed (data order, dropout, warm-start sampling; the head's init is
+    # fixed): a replicate whose real-question grid nobody has seen, to test a fusion-weight rule fixed in advance
+    "pospool-seed1": ("v3", {"seed": 1}),
 }
 
 

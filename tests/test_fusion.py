@@ -74,3 +74,50 @@ def test_save_and_load(tmp_path: Path) -> None:
     (tmp_path / FUSION_FILE).write_text(json.dumps({"alpha": 7}))
     with pytest.raises(DataError, match="fusion.json"):
         load_fusion(tmp_path)
+
+
+def _plateau() -> dict[float, dict[str, float]]:
+    """100 questions (MRR 1 or 1/2); the alphas 0.3 ... 0.9 are within one or two questions of each other, and 0.9
+    is the single best by one question: a plateau with its best point at the edge."""
+    base = {f"q{i}": (1.0 if i % 2 else 0.5) for i in range(100)}
+
+    def moved(first: int, up: int, down: int) -> dict[str, float]:
+        d = dict(base)
+        d.update({f"q{i}": 1.0 for i in range(first, first + 2 * up, 2)})  # even ids: 1/2 -> 1
+        d.update({f"q{i}": 0.5 for i in range(first + 1, first + 2 * down, 2)})  # odd ids: 1 -> 1/2
+        return d
+
+    return {0.1: moved(0, 3, 4), 0.3: moved(10, 4, 3), 0.5: moved(20, 4, 3), 0.7: moved(30, 4, 3),
+            0.9: moved(40, 5, 3)}
+
+
+def test_the_bagged_rule_picks_inside_a_plateau_and_the_peak_of_a_sharp_curve() -> None:
+    from rag_rerank.rerank.fusion import bagged_alpha
+
+    plateau = _plateau()
+    means = {a: sum(v.values()) / 100 for a, v in plateau.items()}
+    assert max(means, key=means.get) == 0.9 and means[0.9] - means[0.5] == pytest.approx(0.005)
+    assert {bagged_alpha(plateau, n_bags=1000, seed=s) for s in range(3)} == {0.5}
+    # a sharp peak: 0.5 is better on 30 questions and worse on none; every resample agrees
+    sharp = {**plateau, 0.5: {q: (1.0 if int(q[1:]) < 60 else v) for q, v in plateau[0.5].items()}}
+    assert bagged_alpha(sharp, n_bags=200) == 0.5
+    with pytest.raises(DataError, match="same, non-empty questions"):
+        bagged_alpha({0.1: {"q1": 1.0}, 0.2: {"q2": 1.0}})
+
+
+def test_choose_alpha_records_its_rule_and_the_verdict_names_the_rules_pick(tmp_path: Path) -> None:
+    good = _validation(45, 15)
+    best = choose_alpha(*good, top_k=3)
+    bagged = choose_alpha(*good, top_k=3, rule="bagged")
+    assert best.rule == "best" and best.rule_alpha == best.best_alpha == best.alpha
+    # every alpha above 1/3 ranks the same here, so every resample's best is the smallest of them
+    assert bagged.rule == "bagged" and bagged.rule_alpha == bagged.alpha == best.alpha
+    coin = choose_alpha(*_validation(32, 28), top_k=3, rule="bagged")
+    assert coin.status == "no_gain" and f"fusion at alpha {coin.rule_alpha:g}" in coin.verdict()
+    save_fusion(tmp_path, bagged)
+    assert load_fusion(tmp_path) == bagged
+    old = {k: v for k, v in json.loads((tmp_path / FUSION_FILE).read_text()).items() if k not in ("rule", "rule_alpha")}
+    (tmp_path / FUSION_FILE).write_text(json.dumps(old))  # a file written before rules existed
+    assert load_fusion(tmp_path).rule == "best" and load_fusion(tmp_path).candidate == bagged.best_alpha
+    with pytest.raises(ValueError, match="rule='median'"):
+        choose_alpha(*good, top_k=3, rule="median")

@@ -10,6 +10,14 @@ The choice is honest about noise: the gain of the chosen alpha over the first st
 bootstrap CI over the validation questions. With fewer than ``min_queries`` questions, or when that CI does not
 exclude 0, the shipped weight is 0: the reranker is not trusted, and the system served is the first stage.
 
+Two rules pick the alpha (:data:`RULES`):
+
+- ``"best"``: the alpha with the best validation metric (ties: the smaller);
+- ``"bagged"``: the median, over bootstrap resamples of the validation questions, of each resample's best alpha
+  (:func:`bagged_alpha`). Where many alphas are within noise of each other (a plateau), the single best one is
+  close to a draw among them, and can sit at the plateau's edge; the bagged pick sits where the resamples agree.
+  On a sharp peak both rules give the peak.
+
 Example:
     >>> run = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
     >>> choice = choose_alpha(run, {"q": {"a": 0.0, "b": 1.0, "c": 0.5}}, {"q": {"b": 1}}, top_k=3)
@@ -35,12 +43,13 @@ from rag_rerank.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "TUNED", "FusionChoice", "choose_alpha",
-           "load_fusion", "save_fusion", "saved_alpha"]
+__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "RULES", "TUNED", "FusionChoice", "bagged_alpha",
+           "choose_alpha", "load_fusion", "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 FUSION_FILE = "fusion.json"
 MIN_VALIDATION_QUERIES = 50
+RULES = ("best", "bagged")
 TUNED = "first_stage_tuned"  # the name of the tuned first stage in reports
 
 
@@ -53,9 +62,11 @@ class FusionChoice:
         metric, value: the metric maximised on validation, and its value at ``alpha``.
         by_alpha: the validation metric at every alpha of the grid.
         queries, top_k: validation questions used, and the fusion depth.
-        best_alpha: the alpha with the best validation metric (ties: the smaller), before the significance check.
-        gain, gain_ci95: the gain of ``best_alpha`` over alpha 0 on validation, with its paired bootstrap CI.
-        status: ``"improved"`` (the CI excludes 0: ``alpha = best_alpha``), ``"no_gain"`` (it does not:
+        best_alpha: the alpha with the best validation metric (ties: the smaller).
+        rule, rule_alpha: the rule that picked the candidate alpha (:data:`RULES`) and its pick, before the
+            significance check (``rule_alpha is None`` in files written before rules existed: ``best_alpha``).
+        gain, gain_ci95: the gain of the candidate over alpha 0 on validation, with its paired bootstrap CI.
+        status: ``"improved"`` (the CI excludes 0: ``alpha`` is the candidate), ``"no_gain"`` (it does not:
             ``alpha = 0``) or ``"not_enough_data"`` (fewer than ``min_queries`` questions: ``alpha = 0``).
         first_stage: the tuned first stage's fusion settings the weight was chosen with (``None``: the index's).
         chosen_on: where it was chosen (never on human labels).
@@ -68,11 +79,18 @@ class FusionChoice:
     queries: int = 0
     top_k: int = 20
     best_alpha: float | None = None
+    rule: str = "best"
+    rule_alpha: float | None = None
     gain: float | None = None
     gain_ci95: tuple[float, float] | None = None
     status: str = "improved"
     first_stage: dict[str, Any] | None = None
     chosen_on: str = "synthetic validation split"
+
+    @property
+    def candidate(self) -> float | None:
+        """The alpha the rule picked, before the significance check."""
+        return self.best_alpha if self.rule_alpha is None else self.rule_alpha
 
     @property
     def improved(self) -> bool:
@@ -92,8 +110,8 @@ class FusionChoice:
             return (f"NOT ENOUGH VALIDATION DATA: {self.queries} validation questions (fewer than "
                     f"{MIN_VALIDATION_QUERIES}) cannot show that the reranker helps, so the shipped system is the "
                     f"{first_stage} alone (alpha 0); generate questions for more chunks")
-        return (f"DID NOT HELP: on {self.queries} validation questions the reranker's best fusion (alpha "
-                f"{self.best_alpha:g}) changes {self.metric} by {self.gain:+.4f} over the {first_stage} (95% CI "
+        return (f"DID NOT HELP: on {self.queries} validation questions the reranker's fusion at alpha "
+                f"{self.candidate:g} changes {self.metric} by {self.gain:+.4f} over the {first_stage} (95% CI "
                 f"[{lo:+.4f}, {hi:+.4f}] includes 0), so the shipped system is the {first_stage} alone (alpha 0)")
 
 
@@ -109,9 +127,11 @@ def choose_alpha(
     n_resamples: int = 10000,
     seed: int = 0,
     first_stage_settings: Mapping[str, Any] | None = None,
+    rule: str = "best",
+    n_bags: int = 1000,
 ) -> FusionChoice:
-    """The ``alpha`` of ``grid`` with the best mean ``metric`` (ties: the smaller), kept only if its gain over the
-    first stage has a paired bootstrap CI that excludes 0 and there are at least ``min_queries`` questions.
+    """The ``alpha`` of ``grid`` that ``rule`` picks on mean ``metric``, kept only if its gain over the first stage
+    has a paired bootstrap CI that excludes 0 and there are at least ``min_queries`` questions.
 
     Args:
         first_stage: the first-stage run of the validation questions.
@@ -122,6 +142,7 @@ def choose_alpha(
         min_queries: below this many validation questions the reranker is not trusted (alpha 0).
         n_resamples, seed: the bootstrap.
         first_stage_settings: the fusion settings of ``first_stage`` (recorded in ``fusion.json``).
+        rule, n_bags: ``"best"`` or ``"bagged"`` (over ``n_bags`` resamples, seeded with ``seed``); see the module.
     """
     from rag_rerank.evaluate.metrics import per_query
     from rag_rerank.evaluate.significance import paired_bootstrap
@@ -131,6 +152,8 @@ def choose_alpha(
         raise DataError("no validation question has both a first-stage run and reranker scores; cannot choose alpha")
     if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
         raise ConfigError(f"grid={list(grid)} must be non-empty alphas in [0, 1]")
+    if rule not in RULES:
+        raise ConfigError(f"rule={rule!r}: expected one of {', '.join(RULES)}")
     run = {q: first_stage[q] for q in qids}
     sub_qrels = {q: qrels[q] for q in qids}
     alphas = sorted(set(grid) | {0.0})
@@ -139,24 +162,50 @@ def choose_alpha(
                 if a in set(grid)}
     best = max(by_alpha.items(), key=lambda kv: (kv[1], -float(kv[0])))
     best_alpha = float(best[0])
+    picked = best_alpha if rule == "best" else bagged_alpha({a: per_alpha[a] for a in set(grid)}, n_bags, seed)
     base = per_alpha[0.0]
-    boot = paired_bootstrap(per_alpha[best_alpha], base, n_resamples, seed) if base else None
+    boot = paired_bootstrap(per_alpha[picked], base, n_resamples, seed) if base else None
     gain = boot.mean_delta if boot else 0.0
     ci = (boot.ci95_lo, boot.ci95_hi) if boot else (0.0, 0.0)
     if len(qids) < min_queries:
         status, alpha = "not_enough_data", 0.0
-    elif best_alpha > 0 and ci[0] > 0:
-        status, alpha = "improved", best_alpha
+    elif picked > 0 and ci[0] > 0:
+        status, alpha = "improved", picked
     else:
         status, alpha = "no_gain", 0.0
     value = float(np.mean(list(per_alpha[alpha].values()))) if per_alpha[alpha] else 0.0
     choice = FusionChoice(alpha=alpha, metric=metric, value=value, by_alpha=by_alpha, queries=len(qids),
-                          top_k=top_k, best_alpha=best_alpha, gain=gain, gain_ci95=ci, status=status,
+                          top_k=top_k, best_alpha=best_alpha, rule=rule, rule_alpha=picked, gain=gain,
+                          gain_ci95=ci, status=status,
                           first_stage=dict(first_stage_settings) if first_stage_settings else None)
-    logger.info("fusion: best alpha %.1f on %d validation questions (%s %.4f vs %.4f for the first stage, "
-                "%+.4f [%+.4f, %+.4f]) -> %s, serving alpha %.1f", best_alpha, len(qids), metric, best[1],
-                by_alpha.get("0", float("nan")), gain, ci[0], ci[1], status, alpha)
+    logger.info("fusion (%s rule): alpha %.1f on %d validation questions (%s %.4f vs %.4f for the first stage, "
+                "%+.4f [%+.4f, %+.4f]; best alpha %.1f) -> %s, serving alpha %.1f", rule, picked, len(qids), metric,
+                by_alpha[f"{picked:g}"], by_alpha.get("0", float("nan")), gain, ci[0], ci[1], best_alpha, status,
+                alpha)
     return choice
+
+
+def bagged_alpha(per_alpha: Mapping[float, Mapping[str, float]], n_bags: int = 1000, seed: int = 0) -> float:
+    """The lower median, over ``n_bags`` bootstrap resamples of the questions, of each resample's best alpha (ties:
+    the smaller).
+
+    Args:
+        per_alpha: ``{alpha: {qid: metric}}``, the same questions for every alpha.
+
+    Example:
+        >>> flat = {a: {"q1": 1.0, "q2": 0.5} for a in (0.2, 0.4, 0.6)}  # every alpha ties on every resample
+        >>> bagged_alpha(flat, n_bags=10)
+        0.2
+    """
+    alphas = sorted(per_alpha)
+    qids = sorted(per_alpha[alphas[0]])
+    if not qids or any(set(per_alpha[a]) != set(qids) for a in alphas):
+        raise DataError("bagged_alpha needs the same, non-empty questions for every alpha")
+    m = np.array([[per_alpha[a][q] for q in qids] for a in alphas])  # (alphas, questions)
+    counts = np.random.default_rng(seed).multinomial(len(qids), np.full(len(qids), 1 / len(qids)), size=n_bags)
+    sums = np.round(m @ counts.T, 9)  # rounded: equal means stay ties whatever the order of the sums
+    picks = np.sort(np.argmax(sums, axis=0))  # each resample's best alpha (argmax: the first, the smaller)
+    return alphas[int(picks[(n_bags - 1) // 2])]
 
 
 def save_fusion(model_dir: str | os.PathLike, choice: FusionChoice) -> Path:
