@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import gold_ranks, rank_histogram
 from rag_rerank.generate.store import load_qa_dataset
@@ -39,8 +39,7 @@ logger = logging.getLogger("consistency_filter")
 
 def measure(run_dir: Path, ks: list[int], recipe_name: str) -> dict[str, Any]:
     recipe = get_recipe(recipe_name)
-    finished_stage(run_dir, "mine")
-    first_stage = finished_stage(run_dir, "first_stage")["settings"]
+    first_stage = tuned_first_stage(run_dir, through="mine")  # its train_groups.jsonl too
     dataset = load_qa_dataset(run_dir / "dataset")
     index = load_index(run_dir / "index").with_fusion(**first_stage)
     _, _, qrels = dataset.split("train")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.compare import evaluate_systems
 from rag_rerank.io import iter_jsonl, write_json
@@ -88,7 +88,7 @@ def main() -> int:
     queries, qrels, counts = real_questions(args.squad, corpus)
     if not queries:
         ap.error(f"no SQuAD question matches the articles of {args.run} (is it a run over sample_docs/?)")
-    first_stage = finished_stage(args.run, "first_stage")["settings"]
+    first_stage = tuned_first_stage(args.run)
     result = evaluate_systems(corpus, queries, qrels, index_dir=args.run / "index", rerankers=models,
                               first_stage_tuned=first_stage, sample=args.sample, seed=0, backend="torch")
     data = result.to_dict()

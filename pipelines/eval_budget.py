@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from rag_rerank.adaptation.plan import make_plan
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.io import read_json, write_json
 from rag_rerank.rerank.backends.auto import machine_info
@@ -56,7 +56,7 @@ def main() -> int:
     manifest = read_json(run / "dataset" / "manifest.json")
     n_val = manifest["counts"]["per_split"]["validation"]
     n_groups = sum(1 for line in (run / "train_groups.jsonl").open(encoding="utf-8") if line.strip())
-    first_stage = finished_stage(run, "first_stage")["settings"]
+    first_stage = tuned_first_stage(run)
     result = {"run": str(run), "data": {"per_split": manifest["counts"]["per_split"], "train_groups": n_groups},
               "plan_throughput": {"s_per_chunk": args.s_per_chunk, "s_per_step": args.s_per_step,
                                   "budget_minutes": args.budget_minutes},

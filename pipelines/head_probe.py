@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
@@ -111,8 +111,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "pipelines" / "results" / "head_probe.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    finished_stage(args.run, "mine")  # its train_groups.jsonl
-    first_stage = finished_stage(args.run, "first_stage")["settings"]
+    first_stage = tuned_first_stage(args.run, through="mine")  # its train_groups.jsonl too
     index = load_index(args.run / "index").with_fusion(**first_stage)
     queries, qrels, corpus, run = validation_run(load_qa_dataset(args.run / "dataset"), index, top_k=20,
                                                  max_queries=None)

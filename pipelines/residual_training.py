@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from demo_real_questions import SQUAD, real_questions
 
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.compare import sample_query_ids
 from rag_rerank.evaluate.metrics import per_query
@@ -133,8 +133,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rag_rerank").setLevel(logging.INFO)
-    finished_stage(args.run, "mine")  # its train_groups.jsonl
-    first_stage = finished_stage(args.run, "first_stage")["settings"]
+    first_stage = tuned_first_stage(args.run, through="mine")  # its train_groups.jsonl too
     real = None
     if args.real:
         corpus_all = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}

@@ -27,7 +27,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rag_rerank.adaptation.runfolder import finished_stage
+from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
 from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.generate.store import load_qa_dataset
@@ -188,8 +188,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rag_rerank").setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
-    finished_stage(args.run, "mine")  # its train_groups.jsonl
-    first_stage = finished_stage(args.run, "first_stage")["settings"]
+    first_stage = tuned_first_stage(args.run, through="mine")  # its train_groups.jsonl too
     dataset = load_qa_dataset(args.run / "dataset")
     index = load_index(args.run / "index")
     val = validation_run(dataset, index.with_fusion(**first_stage), top_k=20, max_queries=args.val_queries)

@@ -122,15 +122,18 @@ def test_another_recipe_or_setting_is_refused_and_nothing_is_lost(run, stub: Stu
 
 def test_a_finished_stage_reads_back_and_a_script_on_an_unfinished_folder_fails_in_one_line(run,
                                                                                           tmp_path: Path) -> None:
-    from rag_rerank.adaptation.runfolder import finished_stage
+    from rag_rerank.adaptation.runfolder import finished_stage, tuned_first_stage
 
     stages = json.loads((run.run_dir / "stages.json").read_text())
     assert finished_stage(run.run_dir, "first_stage") == stages["first_stage"]["result"]
+    assert tuned_first_stage(run.run_dir, through="mine") == stages["first_stage"]["result"]["settings"]
     half = tmp_path / "half"
     half.mkdir()
-    (half / "stages.json").write_text(json.dumps({"generate": stages["generate"]}))
-    with pytest.raises(DataError, match="finished through its 'mine' stage"):
-        finished_stage(half, "mine")
+    (half / "stages.json").write_text(json.dumps({k: stages[k] for k in ("generate", "index", "first_stage")}))
+    assert tuned_first_stage(half) == stages["first_stage"]["result"]["settings"]
+    for read in (lambda: finished_stage(half, "mine"), lambda: tuned_first_stage(half, through="mine")):
+        with pytest.raises(DataError, match="finished through its 'mine' stage"):
+            read()
     out = tmp_path / "filter.json"
     script = [sys.executable, str(REPO / "pipelines" / "consistency_filter.py"), "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "RAG_RERANK_DEBUG"}

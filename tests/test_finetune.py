@@ -84,6 +84,9 @@ def test_mine_split_mines_an_earlier_search_again_as_a_fresh_search_would(datase
     assert again.mining.report == fresh.mining.report
     with pytest.raises(ConfigError, match="other questions"):
         mine_split(ds, index, "validation", mining=other, searched=first)
+    assert first.depth == again.depth == 30  # the window ends at rank 30: the search went 30 deep
+    with pytest.raises(ConfigError, match="searched 30 deep and this mining needs 50"):
+        mine_split(ds, index, "train", mining=dataclasses.replace(other, rank_max=50), searched=first)
 
 
 def test_train_cli_saves_a_model_that_loads_everywhere(dataset, index_dir, tiny_bi_encoder_dir,

@@ -287,3 +287,41 @@ def test_ids_with_path_parts_never_escape_the_output_dir(tmp_path) -> None:
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     with pytest.raises(DataError, match="missing"):
         load_qa_dataset(src)  # not a generated dataset: refused by name, nothing written
+
+
+_SLOW_STAGE = """
+import sys, time
+from rag_rerank.adaptation.runfolder import RunFolder
+from rag_rerank.cli import run_script
+
+def main():
+    run = RunFolder(sys.argv[1], {"run": 1})
+    with run.locked():
+        run.stage("slow", lambda: (time.sleep(float(sys.argv[2])), 7)[1], lambda line: print(line, flush=True))
+    return 0
+
+run_script(main)
+"""
+
+
+def test_a_stage_stopped_by_sigterm_unwinds_and_its_time_counts_when_it_finishes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    folder = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STAGE, str(folder), "120"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "[slow] ..."
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip().startswith("Interrupted;")
+    spent = json.loads((folder / "interrupted.json").read_text())["slow"]
+    assert 1.5 <= spent < 60 and not (folder / "stages.json").exists()
+    # the lock was released on the way out, and the rerun's stage time includes the stopped attempt
+    again = subprocess.run([sys.executable, "-c", _SLOW_STAGE, str(folder), "0.2"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    stage = json.loads((folder / "stages.json").read_text())["slow"]
+    assert stage["result"] == 7 and stage["interrupted_s"] == spent and stage["seconds"] >= spent + 0.2
+    assert json.loads((folder / "interrupted.json").read_text()) == {}
+    assert f"({spent:.0f} s of it in interrupted runs)" in again.stdout

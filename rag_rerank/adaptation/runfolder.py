@@ -4,6 +4,10 @@
 skipped (``stages.json`` records each one's result and time), an interrupted one starts again (each stage is
 itself resumable or cheap). A rerun with other settings is refused with the setting that differs, so nothing
 already done is lost or silently mixed with another recipe (a recipe's name and description are not settings).
+
+A stage's time counts its interrupted attempts too: one that ends by an exception (an error, Ctrl-C, or SIGTERM
+under the CLI) is recorded in ``interrupted.json`` and added when the stage finishes (``interrupted_s``); only a
+process killed outright (SIGKILL, power loss) loses its attempt's time.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from rag_rerank.io import read_json, run_lock, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunFolder", "finished_stage"]
+__all__ = ["RunFolder", "finished_stage", "tuned_first_stage"]
 
 
 # a recipe's name and description are labels: a recipe renamed or promoted (``next`` became ``default``) with the
@@ -58,18 +62,36 @@ def finished_stage(path: str | os.PathLike, name: str) -> Any:
     """The recorded result of stage ``name`` of the ``adapt`` run folder ``path`` (read only, no lock taken).
 
     Example:
-        >>> finished_stage("runs/mydocs", "first_stage")["settings"]  # doctest: +SKIP
-        {'fusion': 'weighted', 'norm': 'zscore', 'weights': [0.5, 0.5]}
+        >>> finished_stage("runs/mydocs", "mine")  # the training groups it mined  # doctest: +SKIP
+        2578
 
     Raises:
         DataError: naming the folder and the fix, when it is not an ``adapt`` run folder finished through ``name``.
     """
+    return _finished_stages(path, name)[name]["result"]
+
+
+def tuned_first_stage(path: str | os.PathLike, through: str = "first_stage") -> dict[str, Any]:
+    """The tuned first stage's fusion settings of the ``adapt`` run folder ``path``, checking in the same read that
+    the run is finished through stage ``through`` (e.g. ``"mine"``, for a script that reads its training groups).
+
+    Example:
+        >>> tuned_first_stage("runs/mydocs", through="mine")  # doctest: +SKIP
+        {'fusion': 'weighted', 'norm': 'zscore', 'weights': [0.5, 0.5]}
+
+    Raises:
+        DataError: as :func:`finished_stage`.
+    """
+    return _finished_stages(path, through)["first_stage"]["result"]["settings"]
+
+
+def _finished_stages(path: str | os.PathLike, name: str) -> dict[str, Any]:
     path = Path(path)
     stages = read_json(path / "stages.json") if (path / "stages.json").is_file() else {}
     if name not in stages:
         raise DataError(f"{path} is not an adapt run folder finished through its {name!r} stage; run "
                         f"`rag-rerank adapt DOCS --out {path}` (or `adapt(..., stop_after={name!r})`) first")
-    return stages[name]["result"]
+    return stages
 
 
 class RunFolder:
@@ -146,12 +168,22 @@ class RunFolder:
             return stages[name]["result"]
         say(f"[{name}] ...")
         start = time.perf_counter()
-        result = work()
-        seconds = round(time.perf_counter() - start, 1)
+        interrupted_path = self.path / "interrupted.json"
+        interrupted = read_json(interrupted_path) if interrupted_path.is_file() else {}
+        try:
+            result = work()
+        except BaseException:
+            interrupted[name] = round(interrupted.get(name, 0.0) + time.perf_counter() - start, 1)
+            write_json(interrupted_path, interrupted)
+            raise
+        earlier = interrupted.pop(name, 0.0)
+        seconds = round(time.perf_counter() - start + earlier, 1)
         stages = self._stages()
-        stages[name] = {"result": result, "seconds": seconds}
+        stages[name] = {"result": result, "seconds": seconds, **({"interrupted_s": earlier} if earlier else {})}
         write_json(self.path / "stages.json", stages)
-        say(f"[{name}] done in {seconds:.0f} s")
+        if earlier:
+            write_json(interrupted_path, interrupted)
+        say(f"[{name}] done in {seconds:.0f} s" + (f" ({earlier:.0f} s of it in interrupted runs)" if earlier else ""))
         return result
 
     def stage_result(self, name: str) -> Any:

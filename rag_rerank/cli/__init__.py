@@ -6,10 +6,13 @@ module only builds the group, configures logging and turns user errors into one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import click
@@ -23,16 +26,42 @@ from rag_rerank.errors import RagRerankError
 USER_ERRORS = (RagRerankError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+INTERRUPTED = "Interrupted; work done so far is saved (rerun the same command to resume)."
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop, a session's end) unwinds like Ctrl-C: context managers close (the
+    embedded LLM server, run locks), and ``adapt`` records the interrupted stage's time. Python's default for
+    SIGTERM ends the process with no unwinding. Main thread only (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_script(main: Callable[[], int | None]) -> NoReturn:
     """Run a script's ``main`` (``pipelines/*.py``) under the CLI's policy: a user error (a run folder not through
     the stage a script needs, a missing file) is one ``error: ...`` line and exit status 1, no traceback
-    (``RAG_RERANK_DEBUG=1`` shows it)."""
+    (``RAG_RERANK_DEBUG=1`` shows it); Ctrl-C or SIGTERM is one line and exit status 130."""
     try:
-        code = main()
+        with sigterm_as_interrupt():
+            code = main()
     except USER_ERRORS as e:
         if os.environ.get("RAG_RERANK_DEBUG"):
             raise
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(130)
     sys.exit(code)
 
 
@@ -41,7 +70,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except USER_ERRORS as e:
             if os.environ.get("RAG_RERANK_DEBUG"):
                 raise
@@ -56,7 +86,7 @@ class _Group(click.Group):
                 "or retry (slow CPUs may need a longer timeout)"
             ) from e
         except KeyboardInterrupt:
-            click.echo("Interrupted; work done so far is saved (rerun the same command to resume).", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(130)
 
 

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MinedSplit:
-    """Mined negatives for one split, with the first-stage run they came from."""
+    """Mined negatives for one split, with the first-stage run they came from (searched ``depth`` deep)."""
 
     split: str
     queries: Queries
@@ -47,6 +47,7 @@ class MinedSplit:
     mining: MiningResult
     groups: list[dict[str, Any]]
     margin_run: Run | None = None
+    depth: int = 0
 
 
 def open_index(dataset: QADataset, dataset_dir: Path, index_dir: str | os.PathLike | None, bi_encoder: str | None):
@@ -93,8 +94,11 @@ def mine_split(
 
     The rank window and guards come from ``mining``; the relative margin is applied to the dense
     (cosine) scores, which are comparable across queries, rather than to RRF scores. ``searched``, an earlier
-    result for the same split, index and questions, mined with a window at least as deep, lends its first-stage
-    runs: only the mining is redone (to compare mining settings without searching again).
+    result for the same split, index and questions, searched at least as deep as ``mining`` needs, lends its
+    first-stage runs: only the mining is redone (to compare mining settings without searching again).
+
+    Raises:
+        ConfigError: when ``searched`` holds other questions, or a search shallower than ``mining`` needs.
     """
     mining = mining or MiningConfig()
     corpus, queries, qrels = dataset.split(split)
@@ -114,7 +118,10 @@ def mine_split(
         if searched.split != split or searched.queries.keys() != queries.keys():
             raise ConfigError(f"searched= holds the runs of other questions (split {searched.split!r}); pass a "
                               f"result of mine_split on split {split!r} with the same max_queries")
-        run, margin_run = searched.run, searched.margin_run
+        if searched.depth < depth:
+            raise ConfigError(f"searched= was searched {searched.depth} deep and this mining needs {depth} (rank_max="
+                              f"{mining.rank_max}); search again, or mine the deeper window first")
+        run, margin_run, depth = searched.run, searched.margin_run, searched.depth
     elif mining.relative_margin is not None and getattr(index, "dense", None) is not None:
         # the margin uses dense cosine scores: take them from the same passes the hybrid fuses
         runs = index.search_all(queries, top_k=depth, show_progress_bar=show_progress_bar)
@@ -126,7 +133,8 @@ def mine_split(
                                  show_progress_bar=show_progress_bar)
     kept = {q: r for q, r in qrels.items() if q not in result.inconsistent}  # the consistency filter's drops
     groups = build_groups(queries, kept, result.negatives, corpus, group_size=group_size, seed=mining.seed)
-    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups, margin_run=margin_run)
+    return MinedSplit(split=split, queries=queries, run=run, mining=result, groups=groups, margin_run=margin_run,
+                      depth=depth)
 
 
 def validation_run(dataset: QADataset, index: Any, split: str = "validation", top_k: int = 20,
