@@ -176,7 +176,7 @@ def main() -> int:
     ap.add_argument("--backend", default="torch",
                     help="Reranker backend for every row (e.g. openvino-bf16: 3x faster, MRR@10 within 0.001 of "
                          "torch on the headline, pipelines/results/backend_parity.json).")
-    ap.add_argument("--alpha-rule", choices=RULES, default=get_recipe("default").alpha_rule,
+    ap.add_argument("--alpha-rule", choices=RULES, default=get_recipe("default").alpha_rule or "best",
                     help="The rule that picks each row's shipped alpha (default: the default recipe's).")
     ap.add_argument("--splits", type=int, default=200, help="Random validation halves per row for alpha_rules.")
     ap.add_argument("--final-only", action="store_true",

@@ -116,7 +116,7 @@ def test_train_cli_saves_a_model_that_loads_everywhere(dataset, index_dir, tiny_
     assert fusion.by_alpha[f"{fusion.best_alpha:g}"] == max(fusion.by_alpha.values())
     from rag_rerank.train.recipes import get_recipe
 
-    assert fusion.rule == get_recipe("default").alpha_rule  # the recipe's rule picked it
+    assert fusion.rule == (get_recipe("default").alpha_rule or "best")  # the recipe's rule picked it
     # 15 validation questions are too few to trust a reranker: the shipped weight falls back to the first stage
     assert fusion.queries < 50 and fusion.status == "not_enough_data" and fusion.alpha == 0.0
     assert f"fusion alpha {fusion.alpha:g} chosen" in result.output

@@ -291,7 +291,7 @@ def finetune(
                             command=command, callbacks=callbacks)
     if samples and fusion and is_main_process():
         choice = choose_fusion(out_dir, *val, top_k=top_k, min_queries=recipe.min_val_queries, first_stage=first_stage,
-                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule)
+                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule or "best")
         result = replace(result, fusion_alpha=choice.alpha, fusion=choice,
                          shipped_verdict=choice.verdict(TUNED if first_stage else "hybrid"))
     return result

@@ -101,7 +101,8 @@ class Recipe:
         checkpoint_eval_queries: validation questions each checkpoint evaluation scores (a fixed subset of the
             ones above; ``None``: all). Each costs ``top_k`` pairs per evaluation, so this bounds evaluation time.
         min_val_queries: fewer validation questions than this and the reranker is not trusted (alpha 0).
-        alpha_rule: how the fusion weight is picked on validation (:data:`rag_rerank.rerank.fusion.RULES`).
+        alpha_rule: how the fusion weight is picked on validation (:data:`rag_rerank.rerank.fusion.RULES`;
+            ``None``: ``"best"``, the only rule before rules existed, so results recorded before keep their recipe).
     """
 
     name: str
@@ -122,7 +123,7 @@ class Recipe:
     max_eval_queries: int | None = None
     checkpoint_eval_queries: int | None = 200
     min_val_queries: int = 50
-    alpha_rule: str = "best"
+    alpha_rule: str | None = None
 
     def steps_for(self, n_groups: int) -> int:
         """Optimiser steps for ``n_groups`` training groups: ``epochs`` passes, within ``[min_steps, max_steps]``."""
