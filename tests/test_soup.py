@@ -28,6 +28,8 @@ def _checkpoint(src: Path, dst: Path, seed: int) -> Path:
              for k, v in state.items()}
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (dst / "optimizer.pt").write_bytes(b"not a model file")
+    (dst / "fusion.json").write_text('{"alpha": 0.5}')  # a fine-tuned model's files that belong to its own weights
+    (dst / "openvino" / "fp32-0123").mkdir(parents=True)
     return dst
 
 
@@ -43,7 +45,8 @@ def test_average_is_the_mean_and_loads_in_both_libraries(tiny_cross_encoder_dir:
     for k, v in soup.items():
         want = sum(s[k].double() for s in states) / 3 if v.is_floating_point() else states[0][k]
         np.testing.assert_allclose(v.double().numpy(), want.numpy(), atol=1e-6)
-    assert not (out / "optimizer.pt").exists()
+    assert not (out / "optimizer.pt").exists() and not (out / "fusion.json").exists()
+    assert not (out / "openvino").exists()
     ce = CrossEncoder(str(out), device="cpu")
     assert np.isfinite(ce.predict([("a question", "a passage")])).all()
     assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 1

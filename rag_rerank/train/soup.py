@@ -1,13 +1,16 @@
-"""Checkpoint soup: the uniform weight average of several checkpoints of one training run.
+"""Checkpoint soup: the uniform weight average of several checkpoints of one training run, or of several fine-tunes
+of one base model.
 
 Averaging checkpoints along one trajectory (fairseq's ``average_checkpoints.py``; stochastic weight averaging)
-often lands in a flatter region than any single checkpoint. Whether it helps a recipe is measured, not assumed:
-choose it on the synthetic validation split.
+often lands in a flatter region than any single checkpoint; averaging fine-tunes of one pretrained model that
+differ only in their seed or settings is a "model soup" (Wortsman et al., 2022). Whether it helps a recipe is
+measured, not assumed: choose it on the synthetic validation split.
 
 The output loads with ``CrossEncoder(out)`` and ``AutoModelForSequenceClassification.from_pretrained(out)``:
 every floating-point tensor of ``model.safetensors`` is the mean over the checkpoints (integer tensors, such as
 position ids, must be equal and are copied); config, tokenizer and sentence-transformers files come from the
-first checkpoint. Training state (optimizer, scheduler, RNG) is not copied. Written atomically.
+first checkpoint. Training state (optimizer, scheduler, RNG), checkpoints, evaluations, exported models and a
+``fusion.json`` (each belongs to the weights it was made from) are not copied. Written atomically.
 
 Example:
     >>> average_checkpoints(["ckpt-320", "ckpt-480", "ckpt-640"], "soup")  # doctest: +SKIP
@@ -30,7 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["average_checkpoints"]
 
 _SKIP = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin", "README.md",
-         "model.safetensors"}
+         "model.safetensors", "checkpoints", "eval", "onnx", "openvino", "fusion.json", "train_groups.jsonl"}
 
 
 def _replaceable_model(path: Path) -> bool:
