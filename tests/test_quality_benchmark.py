@@ -51,10 +51,11 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "pipelines" / "squad_ablation.py"), "--model",
            f"quick={tmp_path / 'work' / 'default' / 'reranker'}", "--work", str(tmp_path / "work"), "--data",
            str(squad_beir), "--real-queries", "12", "--val-queries", "8", "--top-k", "5", "--n-resamples", "200",
-           "--out", str(abl)]
+           "--splits", "20", "--out", str(abl)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(abl.read_text())["rows"]
+    result = json.loads(abl.read_text())
+    rows = result["rows"]
     # the default recipe evaluates (and keeps) only as many checkpoints as its evaluation budget allows: one here
     kept = list((tmp_path / "work" / "default" / "reranker" / "checkpoints").glob("checkpoint-*"))
     assert len(rows) == len(kept) >= 1 and sum(r["shipped"] for r in rows) == 1
@@ -62,13 +63,27 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
         a = r["synthetic_val"]["chosen_alpha"]
         fused_real = r["real"]["systems"][f"fused@{a:g}"]["mrr@10"]
         assert fused_real == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{a:g}"])
+        # every alpha rule: its split-half picks (validation only), its pick on all of validation, and the real
+        # score of that pick; the row's shipped alpha is the chosen rule's
+        rules = r["alpha_rules"]
+        assert set(rules) == {"best", "bagged"} and r["synthetic_val"]["rule"] == "best"
+        assert rules["best"]["alpha"] == a
+        for rule in rules.values():
+            assert sum(rule["split_half_picks"].values()) == 20
+            assert rule["real_mrr@10"] == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{rule['alpha']:g}"])
+        delta = rules["bagged"]["real_vs_best"]["mrr@10"]["delta"]
+        assert delta == pytest.approx(rules["bagged"]["real_mrr@10"] - rules["best"]["real_mrr@10"])
+    assert result["rule_choice"]["chosen"] in ("best", "bagged") and result["rule_choice"]["rows"] == len(rows)
     # --final-only: one row per model folder, and each later row paired with the first on the same questions
     abl2 = tmp_path / "ablation_final.json"
-    cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}"]
+    cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}", "--alpha-rule", "bagged"]
     proc = subprocess.run(cmd2, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = json.loads(abl2.read_text())["rows"]
     assert (first["model"], second["model"]) == ("quick", "checkpoint") and first["step"] is None
+    for r in (first, second):  # the shipped alpha is the bagged rule's
+        assert r["synthetic_val"]["rule"] == "bagged"
+        assert r["synthetic_val"]["chosen_alpha"] == r["alpha_rules"]["bagged"]["alpha"]
     fused = [r["real"]["systems"][f"fused@{r['synthetic_val']['chosen_alpha']:g}"]["mrr@10"] for r in (first, second)]
     paired = second["real"]["vs_first_row"]
     assert paired["against"] == "quick" and paired["mrr@10"]["delta"] == pytest.approx(fused[1] - fused[0])
