@@ -220,10 +220,14 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
 
 
 def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
-    default, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v3", "v2"))
+    default, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v4", "v3", "v2"))
+    assert default.pop("alpha_rule") == "bagged" and {r.pop("alpha_rule") for r in (v4, v3, v2)} == {None}
+    for d in (default, v4):
+        d.pop("name"), d.pop("description")
+    assert default == v4  # v4: the default before the bagged fusion-weight rule
     assert default.pop("eval_share") == 0.25 and v3.pop("eval_share") is None and v2.pop("eval_share") is None
     assert v3["mining"]["negative_pool"] == "positives" and v2["mining"].pop("negative_pool") is None
-    for d in (default, v3, v2):
+    for d in (v3, v2):
         d.pop("name"), d.pop("description")
     assert default == v3
     v3["mining"].pop("negative_pool")
