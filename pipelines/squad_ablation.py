@@ -26,7 +26,9 @@ The alpha is chosen by ``--alpha-rule`` (:data:`rag_rerank.rerank.fusion.RULES`)
 The real questions report each rule's pick; they choose nothing.
 
 Scores are cached per checkpoint under ``WORK/ablation/scores`` and the result is rewritten after each
-checkpoint, so an interrupted run resumes. Writes ``pipelines/results/squad_ablation.json``.
+checkpoint, so an interrupted run resumes; a row already in ``--out`` with the same settings is reused with its
+time (``wall_s`` sums the rows' times; ``this_invocation_wall_s`` is this run's). Writes
+``pipelines/results/squad_ablation.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from rag_rerank.evaluate.metrics import evaluate
 from rag_rerank.evaluate.result import compare
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import load_beir, read_json, write_json
+from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.fusion import DEFAULT_GRID, RULES, choose_alpha, load_fusion
 from rag_rerank.rerank.reranker import Reranker
 from rag_rerank.rerank.runs import apply_scores, score_candidates
@@ -267,12 +270,14 @@ def main() -> int:
     write_json(args.out, {
         "rows": rows, "rule_choice": rule_choice(rows), "alpha_rule": args.alpha_rule,
         "real_queries": len(qids), "val_queries": len(val_q), "top_k": args.top_k, "seed": args.seed,
-        "backend": args.backend,
+        "backend": args.backend, "machine": machine_info(),
         "note": "Choices (the alpha; the shipped checkpoint) use the synthetic validation split only. The real "
                 "questions are a seeded sample of SQuAD dev's human questions; oracle_mrr@10_by_alpha shows every "
                 "alpha on them for insight, never for a choice.",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "wall_s": round(time.perf_counter() - t0, 1),
+        # the rows' own time (a row reused from an earlier run keeps its time), and this invocation's
+        "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+        "this_invocation_wall_s": round(time.perf_counter() - t0, 1),
     })
     logger.info("wrote %s", args.out)
     return 0

@@ -74,6 +74,7 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
         delta = rules["bagged"]["real_vs_best"]["mrr@10"]["delta"]
         assert delta == pytest.approx(rules["bagged"]["real_mrr@10"] - rules["best"]["real_mrr@10"])
     assert result["rule_choice"]["chosen"] in ("best", "bagged") and result["rule_choice"]["rows"] == len(rows)
+    assert result["machine"]["cpu"]  # speed and time figures name their machine
     # --final-only: one row per model folder, and each later row paired with the first on the same questions
     abl2 = tmp_path / "ablation_final.json"
     cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}", "--alpha-rule", "bagged"]
