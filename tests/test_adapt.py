@@ -104,11 +104,15 @@ def test_a_rerun_resumes_without_redoing_anything(run, stub: StubOpenAIServer, t
 
 
 def test_another_recipe_or_setting_is_refused_and_nothing_is_lost(run, stub: StubOpenAIServer,
-                                                                  tiny_cross_encoder_dir: Path) -> None:
+                                                                  tiny_cross_encoder_dir: Path,
+                                                                  tiny_bi_encoder_dir: Path) -> None:
     stamp = (run.reranker_dir / "model.safetensors").stat().st_mtime_ns
-    with pytest.raises(RagRerankError, match="other settings.*recipe"):
+    # only the recipe differs: the message names the recipe whose settings made the folder (after an upgrade that
+    # changed the default, the old default's name, e.g. v4)
+    with pytest.raises(RagRerankError, match="other settings.*recipe.*add --recipe default"):
         rr.adapt(run.run_dir.parent / "docs", run.run_dir, recipe="v1", llm="openai:stub", base_url=stub.base_url,
-                 base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=8)
+                 base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=12,
+                 max_steps=8)
     with pytest.raises(RagRerankError, match="max_steps"):
         rr.adapt(run.run_dir.parent / "docs", run.run_dir, llm="openai:stub", base_url=stub.base_url,
                  base_model=str(tiny_cross_encoder_dir), max_chunks=12, max_steps=9)

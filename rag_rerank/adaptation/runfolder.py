@@ -47,6 +47,16 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _recipe_named(recorded: dict[str, Any] | None) -> str | None:
+    """The name of a recipe whose settings are ``recorded`` (a run made before a recipe was changed or renamed)."""
+    from rag_rerank.train.recipes import RECIPES
+
+    if not isinstance(recorded, dict):
+        return None
+    return next((name for name, r in RECIPES.items() if not _differences({"recipe": recorded},
+                                                                          {"recipe": r.to_dict()})), None)
+
+
 def _new_or_seeded(path: Path) -> bool:
     """An empty folder, or one holding only ``dataset/checkpoint.jsonl``: an earlier generation's answers, put there
     to be reused (the generation cache is keyed by LLM, prompt and sampling settings, so only matching answers are)."""
@@ -115,9 +125,12 @@ class RunFolder:
             old = read_json(self.path / "run.json")
             diff = _differences(old, identity)
             if diff:
+                named = _recipe_named(old.get("recipe")) if all(d.startswith("recipe.") for d in diff) else None
+                how = f"add --recipe {named} (its settings) to resume it" if named else \
+                    "rerun with the same settings to resume it"
                 raise RagRerankError(
-                    f"{self.path} holds a run made with other settings ({'; '.join(diff[:3])}); rerun with the "
-                    "same settings to resume it, or pass another --out")
+                    f"{self.path} holds a run made with other settings ({'; '.join(diff[:3])}); {how}, or pass "
+                    "another --out")
         elif not _new_or_seeded(self.path):
             raise RagRerankError(f"--out {self.path} is not empty and is not an adapt run folder; pass a new or empty "
                                  "folder")
