@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rag_rerank.train.recipes import get_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,8 +68,9 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
         # every alpha rule: its split-half picks (validation only), its pick on all of validation, and the real
         # score of that pick; the row's shipped alpha is the chosen rule's
         rules = r["alpha_rules"]
-        assert set(rules) == {"best", "bagged"} and r["synthetic_val"]["rule"] == "best"
-        assert rules["best"]["alpha"] == a
+        default_rule = get_recipe("default").alpha_rule or "best"  # --alpha-rule's default
+        assert set(rules) == {"best", "bagged"} and r["synthetic_val"]["rule"] == default_rule
+        assert rules[default_rule]["alpha"] == a
         for rule in rules.values():
             assert sum(rule["split_half_picks"].values()) == 20
             assert rule["real_mrr@10"] == pytest.approx(r["real"]["oracle_mrr@10_by_alpha"][f"{rule['alpha']:g}"])
@@ -77,14 +80,14 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
     assert result["machine"]["cpu"]  # speed and time figures name their machine
     # --final-only: one row per model folder, and each later row paired with the first on the same questions
     abl2 = tmp_path / "ablation_final.json"
-    cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}", "--alpha-rule", "bagged"]
+    cmd2 = [*cmd[:-1], str(abl2), "--final-only", "--model", f"checkpoint={kept[0]}", "--alpha-rule", "best"]
     proc = subprocess.run(cmd2, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = json.loads(abl2.read_text())["rows"]
     assert (first["model"], second["model"]) == ("quick", "checkpoint") and first["step"] is None
-    for r in (first, second):  # the shipped alpha is the bagged rule's
-        assert r["synthetic_val"]["rule"] == "bagged"
-        assert r["synthetic_val"]["chosen_alpha"] == r["alpha_rules"]["bagged"]["alpha"]
+    for r in (first, second):  # the shipped alpha is the best rule's
+        assert r["synthetic_val"]["rule"] == "best"
+        assert r["synthetic_val"]["chosen_alpha"] == r["alpha_rules"]["best"]["alpha"]
     fused = [r["real"]["systems"][f"fused@{r['synthetic_val']['chosen_alpha']:g}"]["mrr@10"] for r in (first, second)]
     paired = second["real"]["vs_first_row"]
     assert paired["against"] == "quick" and paired["mrr@10"]["delta"] == pytest.approx(fused[1] - fused[0])
