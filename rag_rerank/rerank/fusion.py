@@ -127,7 +127,7 @@ def choose_alpha(
     n_resamples: int = 10000,
     seed: int = 0,
     first_stage_settings: Mapping[str, Any] | None = None,
-    rule: str = "best",
+    rule: str | None = "best",
     n_bags: int = 1000,
 ) -> FusionChoice:
     """The ``alpha`` of ``grid`` that ``rule`` picks on mean ``metric``, kept only if its gain over the first stage
@@ -143,6 +143,7 @@ def choose_alpha(
         n_resamples, seed: the bootstrap.
         first_stage_settings: the fusion settings of ``first_stage`` (recorded in ``fusion.json``).
         rule, n_bags: ``"best"`` or ``"bagged"`` (over ``n_bags`` resamples, seeded with ``seed``); see the module.
+            ``None`` is ``"best"`` (a recipe's unset ``alpha_rule``: the only rule before rules existed).
     """
     from rag_rerank.evaluate.metrics import per_query
     from rag_rerank.evaluate.significance import paired_bootstrap
@@ -152,6 +153,7 @@ def choose_alpha(
         raise DataError("no validation question has both a first-stage run and reranker scores; cannot choose alpha")
     if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
         raise ConfigError(f"grid={list(grid)} must be non-empty alphas in [0, 1]")
+    rule = rule or "best"
     if rule not in RULES:
         raise ConfigError(f"rule={rule!r}: expected one of {', '.join(RULES)}")
     run = {q: first_stage[q] for q in qids}

@@ -168,7 +168,7 @@ def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_
 def choose_fusion(model_dir: str | os.PathLike, queries: Queries, qrels: Any, corpus: Any, run: Run,
                   top_k: int = 20, *, min_queries: int = MIN_VALIDATION_QUERIES,
                   first_stage: Mapping[str, Any] | None = None, show_progress_bar: bool | None = None,
-                  rule: str = "best") -> FusionChoice:
+                  rule: str | None = "best") -> FusionChoice:
     """Score the validation candidates with the trained model, choose the fusion alpha (by ``rule``), save
     ``fusion.json`` and put the shipped system's verdict at the top of the model card."""
     from rag_rerank.rerank.reranker import Reranker
@@ -291,7 +291,7 @@ def finetune(
                             command=command, callbacks=callbacks)
     if samples and fusion and is_main_process():
         choice = choose_fusion(out_dir, *val, top_k=top_k, min_queries=recipe.min_val_queries, first_stage=first_stage,
-                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule or "best")
+                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule)
         result = replace(result, fusion_alpha=choice.alpha, fusion=choice,
                          shipped_verdict=choice.verdict(TUNED if first_stage else "hybrid"))
     return result
