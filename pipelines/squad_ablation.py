@@ -23,7 +23,9 @@ The alpha is chosen by ``--alpha-rule`` (:data:`rag_rerank.rerank.fusion.RULES`)
   the first rule's on the real questions (paired).
 
 ``rule_choice`` pools the split-half means over the rows: the rule a choice made on validation alone would take.
-The real questions report each rule's pick; they choose nothing.
+The real questions report each rule's pick; they choose nothing. Each later row's shipped system is also paired
+with the first row's (``vs_first_row``), on validation (where a choice between recipes is made) and on the real
+questions (which report).
 
 Scores are cached per checkpoint under ``WORK/ablation/scores`` and the result is rewritten after each
 checkpoint, so an interrupted run resumes; a row already in ``--out`` with the same settings is reused with its
@@ -113,16 +115,17 @@ def _delta_json(d: Any) -> dict[str, Any]:
     return {"delta": d.delta, "ci95": list(d.ci95), "p": d.p}
 
 
-def paired_with_first_row(rows: list[dict[str, Any]], fused: dict[str, Any], real_qrels: Any,
+def paired_with_first_row(rows: list[dict[str, Any]], fused: dict[str, Any], qrels: Any, part: str,
                           args: argparse.Namespace) -> None:
-    """Each later row's fused system against the first row's, on the same real questions (paired bootstrap):
-    ``real.vs_first_row``. ``fused``: ``{row id: its shipped run}``."""
+    """Each later row's shipped (fused) system against the first row's, on the same questions (paired bootstrap):
+    ``row[part]["vs_first_row"]``, for ``part`` "synthetic_val" (where a choice between rows is made) or "real"
+    (which only reports). ``fused``: ``{row id: its shipped run on those questions}``."""
     ref = rows[0]["id"]
     for row in rows[1:]:
-        cmp = compare({ref: fused[ref], row["id"]: fused[row["id"]]}, real_qrels, baseline=ref, metrics=METRICS,
+        cmp = compare({ref: fused[ref], row["id"]: fused[row["id"]]}, qrels, baseline=ref, metrics=METRICS,
                       n_resamples=args.n_resamples, seed=args.seed)
-        row["real"]["vs_first_row"] = {"against": ref, **{m: _delta_json(cmp.get_delta(row["id"], ref, m))
-                                                          for m in METRICS}}
+        row[part]["vs_first_row"] = {"against": ref, **{m: _delta_json(cmp.get_delta(row["id"], ref, m))
+                                                        for m in METRICS}}
 
 
 def rule_check(val_run: Any, vh: Any, val_qrels: Any, real_run: Any, rh: Any, real_qrels: Any,
@@ -217,6 +220,7 @@ def main() -> int:
     previous = read_json(args.out) if args.out.is_file() else {}
     rows: list[dict[str, Any]] = []
     shipped: dict[str, Any] = {}  # row id -> its fused run on the real questions
+    shipped_val: dict[str, Any] = {}  # row id -> its fused run on the validation questions
     for name, model_dir in models:
         settings = card_settings(model_dir)
         for step, folder in checkpoints(model_dir, args.final_only):
@@ -229,8 +233,9 @@ def main() -> int:
                        None)
             if old is not None:
                 rows.append(old)
-                rh = read_json(cache / f"{row_id}.real.json")["scores"]
+                rh, vh = (read_json(cache / f"{row_id}.{part}.json")["scores"] for part in ("real", "val"))
                 shipped[row_id] = apply_scores(real_run, rh, args.top_k, old["synthetic_val"]["chosen_alpha"])
+                shipped_val[row_id] = apply_scores(val_run, vh, args.top_k, old["synthetic_val"]["chosen_alpha"])
                 continue
             s = time.perf_counter()
             reranker = Reranker(str(folder), backend=args.backend)
@@ -241,6 +246,7 @@ def main() -> int:
                                lambda r=reranker: score_candidates(real_run, real_q, corpus, r, args.top_k))
             fused = f"fused@{choice.alpha:g}"
             shipped[row_id] = apply_scores(real_run, rh, args.top_k, choice.alpha)
+            shipped_val[row_id] = apply_scores(val_run, vh, args.top_k, choice.alpha)
             runs = {"hybrid": real_run, "reranker": apply_scores(real_run, rh, args.top_k), fused: shipped[row_id]}
             cmp = compare(runs, real_qrels, metrics=METRICS, n_resamples=args.n_resamples, seed=args.seed)
             grid = {f"{a:g}": evaluate(apply_scores(real_run, rh, args.top_k, a), real_qrels, ["mrr@10"])["mrr@10"]
@@ -265,7 +271,8 @@ def main() -> int:
                         cmp.systems["hybrid"]["mrr@10"], cmp.systems["reranker"]["mrr@10"], fused,
                         cmp.systems[fused]["mrr@10"])
             write_json(args.out, {"rows": rows, "partial": True})
-    paired_with_first_row(rows, shipped, real_qrels, args)
+    paired_with_first_row(rows, shipped_val, val_qrels, "synthetic_val", args)
+    paired_with_first_row(rows, shipped, real_qrels, "real", args)
     write_json(args.out, {
         "rows": rows, "rule_choice": rule_choice(rows), "alpha_rule": args.alpha_rule,
         "real_queries": len(qids), "val_queries": len(val_q), "top_k": args.top_k, "seed": args.seed,

@@ -92,3 +92,7 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
     paired = second["real"]["vs_first_row"]
     assert paired["against"] == "quick" and paired["mrr@10"]["delta"] == pytest.approx(fused[1] - fused[0])
     assert paired["mrr@10"]["ci95"][0] <= paired["mrr@10"]["delta"] <= paired["mrr@10"]["ci95"][1]
+    # and on validation, where a choice between rows is made: the shipped systems' fused validation scores
+    paired_val = second["synthetic_val"]["vs_first_row"]
+    assert paired_val["against"] == "quick" and paired_val["mrr@10"]["delta"] == pytest.approx(
+        second["synthetic_val"]["fused_mrr@10"] - first["synthetic_val"]["fused_mrr@10"])
