@@ -9,7 +9,8 @@ evaluates each checkpoint in ``MODEL/checkpoints`` (``finetune`` with
 ``keep_checkpoints=True`` keeps one per evaluation), or the folder itself when it has none:
 
 - **synthetic validation** (the only thing any choice is made on): MRR@10 of the reranker alone over the
-  hybrid top-k, and the fusion alpha chosen there (:func:`rag_rerank.rerank.fusion.choose_alpha`);
+  hybrid top-k, and the fusion alpha chosen there (:func:`rag_rerank.rerank.fusion.choose_alpha`), with why: the
+  rule's pick, its gain over the first stage with the CI the significance check reads, every alpha's score;
 - **real SQuAD questions** (a seeded sample; never used for a choice): hybrid, reranker alone, and the fusion
   at the validation-chosen alpha, with paired bootstrap CIs against the hybrid; the whole alpha grid is also
   reported, marked as an oracle view.
@@ -113,6 +114,13 @@ def cached_scores(path: Path, key: dict[str, Any], make: Any) -> dict[str, dict[
 
 def _delta_json(d: Any) -> dict[str, Any]:
     return {"delta": d.delta, "ci95": list(d.ci95), "p": d.p}
+
+
+def gate_facts(choice: Any) -> dict[str, Any]:
+    """Why validation shipped ``choice.alpha``: the rule's pick, its gain over the first stage alone with the CI the
+    significance check reads, and every alpha's validation score."""
+    return {"candidate_alpha": choice.candidate, "gain": choice.gain,
+            "gain_ci95": list(choice.gain_ci95) if choice.gain_ci95 else None, "by_alpha": choice.by_alpha}
 
 
 def paired_with_first_row(rows: list[dict[str, Any]], fused: dict[str, Any], qrels: Any, part: str,
@@ -236,6 +244,9 @@ def main() -> int:
                 rh, vh = (read_json(cache / f"{row_id}.{part}.json")["scores"] for part in ("real", "val"))
                 shipped[row_id] = apply_scores(real_run, rh, args.top_k, old["synthetic_val"]["chosen_alpha"])
                 shipped_val[row_id] = apply_scores(val_run, vh, args.top_k, old["synthetic_val"]["chosen_alpha"])
+                if "gain_ci95" not in old["synthetic_val"]:  # a row written before these were recorded
+                    old["synthetic_val"].update(gate_facts(choose_alpha(val_run, vh, val_qrels, top_k=args.top_k,
+                                                                        rule=args.alpha_rule)))
                 continue
             s = time.perf_counter()
             reranker = Reranker(str(folder), backend=args.backend)
@@ -259,7 +270,7 @@ def main() -> int:
                 "synthetic_val": {"queries": choice.queries, "first_stage_mrr@10": choice.by_alpha["0"],
                                   "reranker_mrr@10": choice.by_alpha["1"], "chosen_alpha": choice.alpha,
                                   "best_alpha": choice.best_alpha, "rule": choice.rule, "status": choice.status,
-                                  "fused_mrr@10": choice.value},
+                                  "fused_mrr@10": choice.value, **gate_facts(choice)},
                 "real": {"queries": cmp.queries, "systems": cmp.systems,
                          "delta": {k: {m: _delta_json(d) for m, d in v.items()} for k, v in cmp.delta.items()},
                          "oracle_mrr@10_by_alpha": grid},

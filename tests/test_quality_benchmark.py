@@ -96,3 +96,19 @@ def test_quick_headline_chain(squad_beir: Path, tmp_path: Path) -> None:
     paired_val = second["synthetic_val"]["vs_first_row"]
     assert paired_val["against"] == "quick" and paired_val["mrr@10"]["delta"] == pytest.approx(
         second["synthetic_val"]["fused_mrr@10"] - first["synthetic_val"]["fused_mrr@10"])
+    for r in (first, second):  # why validation shipped that alpha: the pick's gain, and the CI the gate reads
+        sv = r["synthetic_val"]
+        assert sv["by_alpha"]["0"] == pytest.approx(sv["first_stage_mrr@10"])
+        assert sv["gain"] == pytest.approx(sv["by_alpha"][f"{sv['candidate_alpha']:g}"] - sv["by_alpha"]["0"])
+        assert (sv["gain_ci95"][0] > 0) == (sv["status"] == "improved")
+    # a row reused from an earlier file that lacks those facts gets them from the cached scores, unchanged
+    saved = json.loads(abl2.read_text())
+    for r in saved["rows"]:
+        for k in ("candidate_alpha", "gain", "gain_ci95", "by_alpha"):
+            del r["synthetic_val"][k]
+    abl2.write_text(json.dumps(saved))
+    proc = subprocess.run(cmd2, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(abl2.read_text())
+    assert [r["synthetic_val"] for r in again["rows"]] == [first["synthetic_val"], second["synthetic_val"]]
+    assert [r["wall_s"] for r in again["rows"]] == [first["wall_s"], second["wall_s"]]  # reused, not recomputed
