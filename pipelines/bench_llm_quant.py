@@ -1,12 +1,12 @@
-"""The embedded LLM's weights as packaged (Q4_1) against the Q8_0 copy ``embedded:smollm2`` serves: speed and questions.
+"""The embedded LLM's weights as packaged (Q4_1) against a Q8_0 copy of them: speed and questions (not adopted).
 
     python pipelines/bench_llm_quant.py --max-chunks 300
 
 llama.cpp has fast CPU matrix kernels (llamafile's sgemm) for Q8_0 and none for Q4_1, and reading the prompt is 70%
-of a generated chunk's time (``bench_llm_prompt.json``). ``embedded:smollm2`` therefore serves a Q8_0 copy of the
-packaged Q4_1 file, requantised once (:func:`rag_rerank.models.materialise_smollm2_q8`). Both files hold the same
-model to within rounding, but the answers differ token by token, so this measures what the switch does to the
-questions as well as to the time.
+of a generated chunk's time (``bench_llm_prompt.json``), so serving a Q8_0 copy of ``embedded:smollm2`` looked like
+a free speed-up of generation. The copy (:func:`requantise_q8_0`, into ``--work``) holds the same model to within
+rounding, but the answers differ token by token, so this measures what it does to the questions as well as to the
+time.
 
 For each file, the same seeded chunks of SQuAD v1.1 dev (``../shared/data/squad/beir``, exported as documents) are
 asked with the default recipe's generation settings, one file after the other, each into a fresh folder (every chunk
@@ -14,7 +14,8 @@ really asked). Recorded per file: LLM seconds per chunk (the chunks' own time, n
 questions kept and the chunks that got none, why candidates were dropped, and a label-free check of the kept
 questions: the MRR@10 of each question's own chunk under BM25 over the whole corpus (a question specific to its
 chunk finds it). Paired by chunk: kept questions per chunk, Q8_0 minus Q4_1, with a bootstrap CI. Nothing here
-trains or chooses. Writes ``pipelines/results/bench_llm_quant.json`` with the machine and the command.
+trains. Writes ``pipelines/results/bench_llm_quant.json`` with the machine and the command. Needs ``gguf`` (in the
+``dev`` extra).
 """
 
 from __future__ import annotations
@@ -33,13 +34,47 @@ from rag_rerank.evaluate.significance import paired_bootstrap
 from rag_rerank.generate.dataset import create_qa_dataset
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import export_documents, load_corpus, read_json, write_json
-from rag_rerank.models import resolve_model_path, smollm2_packaged_path
+from rag_rerank.models import resolve_model_path
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.bm25 import BM25Retriever
 from rag_rerank.train.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "beir"
+
+
+def requantise_q8_0(source: Path, target: Path) -> Path:
+    """Dequantise every Q4_1 tensor of a GGUF file and requantise it to Q8_0; copy the rest and all metadata.
+
+    Every Q4_1 weight is ``d * q + m`` with 16 levels per block of 32; Q8_0 stores the block with 255 levels, so the
+    copy's rounding error is a small fraction of the packaged file's own. Written to a temporary file and renamed.
+    """
+    import gguf
+    import numpy as np
+    from gguf import quants
+
+    kinds = gguf.GGMLQuantizationType
+    reader = gguf.GGUFReader(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    writer = gguf.GGUFWriter(tmp, reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    for f in reader.fields.values():
+        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    for t in reader.tensors:
+        if t.tensor_type == kinds.Q4_1:
+            weights = quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            writer.add_tensor(t.name, quants.quantize(weights, kinds.Q8_0), raw_dtype=kinds.Q8_0)
+        else:
+            writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(target)
+    return target
 
 
 def _measure(name: str, gguf: Path, docs: Path, out: Path, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -81,14 +116,15 @@ def main() -> int:
     t0 = time.perf_counter()
     docs = args.work / "docs"
     export_documents(load_corpus(SQUAD / "corpus.jsonl"), docs)
-    files = {"q4_1_packaged": smollm2_packaged_path(), "q8_0_served": resolve_model_path("embedded:smollm2", "llm")}
+    packaged = resolve_model_path("embedded:smollm2", "llm")
+    files = {"q4_1_packaged": packaged, "q8_0_copy": requantise_q8_0(packaged, args.work / "smollm2-q8_0.gguf")}
     rows: dict[str, Any] = {}
     kept: dict[str, dict[str, float]] = {}
     for name, gguf in files.items():
         rows[name], kept[name] = _measure(name, gguf, docs, args.work / name, args)
-    base, new = rows["q4_1_packaged"], rows["q8_0_served"]
-    chunks = sorted(set(kept["q4_1_packaged"]) | set(kept["q8_0_served"]))  # the same seeded selection
-    paired = paired_bootstrap({c: kept["q8_0_served"].get(c, 0.0) for c in chunks},
+    base, new = rows["q4_1_packaged"], rows["q8_0_copy"]
+    chunks = sorted(set(kept["q4_1_packaged"]) | set(kept["q8_0_copy"]))  # the same seeded selection
+    paired = paired_bootstrap({c: kept["q8_0_copy"].get(c, 0.0) for c in chunks},
                               {c: kept["q4_1_packaged"].get(c, 0.0) for c in chunks})
     n_chunks = max(base["chunks"], 1)
     comparison = {

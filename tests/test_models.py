@@ -12,11 +12,8 @@ from rag_rerank.models import (
     EMBEDDED_MODELS,
     check_model,
     embedded_models_table,
-    llm_identity,
     materialise_minilm_ce,
-    materialise_smollm2_q8,
     resolve_model_path,
-    smollm2_packaged_path,
 )
 
 
@@ -31,62 +28,6 @@ def test_embedded_smollm2_is_a_gguf_file():
     assert path.suffix == ".gguf"
     with path.open("rb") as f:
         assert f.read(4) == b"GGUF"
-
-
-def test_embedded_smollm2_serves_a_q8_0_copy_of_the_packaged_file():
-    gguf = pytest.importorskip("gguf")
-    served, packaged = gguf.GGUFReader(resolve_model_path("embedded:smollm2")), gguf.GGUFReader(smollm2_packaged_path())
-    kinds = gguf.GGMLQuantizationType
-    assert [t.name for t in served.tensors] == [t.name for t in packaged.tensors]
-    for s, p in zip(served.tensors, packaged.tensors, strict=True):
-        assert s.tensor_type == (kinds.Q8_0 if p.tensor_type == kinds.Q4_1 else p.tensor_type), s.name
-    assert llm_identity("embedded:smollm2") != "embedded:smollm2"  # generation caches tell the two files apart
-    assert llm_identity("openai:gpt-4o-mini") == "openai:gpt-4o-mini"
-
-
-def _tiny_q4_1_gguf(path: Path, gguf, rows: int = 8, cols: int = 64):
-    import numpy as np
-    from gguf import quants
-
-    rng = np.random.default_rng(0)
-    weights = (rng.standard_normal((rows, cols)) * 0.05 + 0.01).astype(np.float32)
-    kinds = gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_string("general.name", "tiny")
-    w.add_uint32("llama.block_count", 2)
-    w.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
-    w.add_tensor("blk.0.attn_q.weight", quants.quantize(weights, kinds.Q4_1), raw_dtype=kinds.Q4_1)
-    w.add_tensor("output_norm.weight", np.linspace(0.5, 1.5, cols, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def test_q8_0_requantisation_keeps_metadata_and_values(tmp_path: Path):
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-    from gguf import quants
-
-    src, dst = tmp_path / "tiny.Q4_1.gguf", tmp_path / "cache" / "tiny.Q8_0.gguf"
-    _tiny_q4_1_gguf(src, gguf)
-    assert materialise_smollm2_q8(src, dst) == dst
-    assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no temporary file left behind
-    before, after = gguf.GGUFReader(src), gguf.GGUFReader(dst)
-    for key in ("general.name", "llama.block_count", "tokenizer.ggml.tokens", "general.architecture"):
-        assert after.fields[key].contents() == before.fields[key].contents(), key
-    kinds = gguf.GGMLQuantizationType
-    (bq, bn), (aq, an) = before.tensors, after.tensors
-    assert (aq.tensor_type, an.tensor_type) == (kinds.Q8_0, kinds.F32)
-    assert np.array_equal(an.data, bn.data)  # other tensors are copied unchanged
-    q4 = quants.dequantize(bq.data, bq.tensor_type)
-    q8 = quants.dequantize(aq.data, aq.tensor_type)
-    assert q8.shape == q4.shape
-    block_max = np.abs(q4.reshape(-1, 32)).max(axis=1, keepdims=True)
-    err = np.abs((q8 - q4).reshape(-1, 32))
-    # Q8_0's rounding: half a step (max/127) per block, plus its fp16 scale's own rounding (127 * 2^-11 of a step)
-    assert np.all(err <= block_max / 127 * 0.6)
-    assert np.abs(q8 - q4).max() > 0  # a real requantisation, not a copy
 
 
 def test_unknown_embedded_name_lists_the_known_ones():

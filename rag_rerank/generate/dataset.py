@@ -54,7 +54,6 @@ from rag_rerank.generate.store import (
 )
 from rag_rerank.generate.style import QueryStyle, load_query_examples
 from rag_rerank.io import read_json, run_lock
-from rag_rerank.models import llm_identity
 from rag_rerank.types import Chunk, content_id
 
 logger = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ def create_qa_dataset(
         spec, url = llm, base_url if kind == "openai" else None
     concurrency = concurrency or (1 if spec != "client" and parse_llm_spec(spec)[0] == "embedded" else 8)
     prompt_hash = content_id(system, prompt, repr(few_shot), *prompt_parts["examples"], length=16)
-    gen_key = content_id(llm_identity(model), prompt_hash, str(questions_per_chunk), str(seed), str(temperature),
+    gen_key = content_id(model, prompt_hash, str(questions_per_chunk), str(seed), str(temperature),
                          str(max_tokens), str(rounds), length=16)
     settings = {
         "questions_per_chunk": questions_per_chunk, "seed": seed, "chunk_tokens": chunk_tokens,
@@ -262,7 +261,7 @@ def create_qa_dataset(
             split_ratios=split_ratios, filter_config=filter_config,
             manifest_base={
                 "run_key": run_key,
-                "llm": {"spec": spec, "model": model, "identity": llm_identity(model), "base_url": _safe_url(url)},
+                "llm": {"spec": spec, "model": model, "base_url": _safe_url(url)},
                 "prompt": {"hash": prompt_hash, "system": system, "user": prompt,
                            "few_shot": [list(x) for x in few_shot], "examples": list(prompt_parts["examples"])},
                 "settings": settings,
