@@ -224,10 +224,14 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
 
 
 def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
-    default, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v4", "v3", "v2"))
-    assert default.pop("alpha_rule") == "bagged" and {r.pop("alpha_rule") for r in (v4, v3, v2)} == {None}
-    for d in (default, v4):
+    default, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v5", "v4", "v3", "v2"))
+    assert default["training"].pop("attention_dropout") == 0.0  # v5: the default before attention dropout was off
+    assert {r["training"].pop("attention_dropout") for r in (v5, v4, v3, v2)} == {None}
+    for d in (default, v5):
         d.pop("name"), d.pop("description")
+    assert default == v5
+    assert default.pop("alpha_rule") == "bagged" and {r.pop("alpha_rule") for r in (v4, v3, v2)} == {None}
+    v4.pop("name"), v4.pop("description")
     assert default == v4  # v4: the default before the bagged fusion-weight rule
     assert default.pop("eval_share") == 0.25 and v3.pop("eval_share") is None and v2.pop("eval_share") is None
     assert v3["mining"]["negative_pool"] == "positives" and v2["mining"].pop("negative_pool") is None
