@@ -207,7 +207,7 @@ RECIPES["v5"] = replace(
 RECIPES["v4"] = replace(
     RECIPES["v5"], name="v4", alpha_rule=None,
     description="The default before the bagged fusion-weight rule (kept to compare against; squad_headline_avx2.json "
-                "ran it): as the default, but the fusion weight is the single best one on validation.",
+                "ran it): as v5, but the fusion weight is the single best one on validation.",
 )
 RECIPES["v3"] = replace(
     RECIPES["v4"], name="v3", eval_share=None,
