@@ -33,7 +33,7 @@ from rag_rerank.evaluate.metrics import per_query
 from rag_rerank.evaluate.significance import paired_bootstrap
 from rag_rerank.generate.dataset import create_qa_dataset
 from rag_rerank.generate.store import load_qa_dataset
-from rag_rerank.io import export_documents, load_corpus, read_json, write_json
+from rag_rerank.io import export_documents, load_corpus, write_json
 from rag_rerank.models import resolve_model_path
 from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.retrieval.bm25 import BM25Retriever
@@ -82,9 +82,8 @@ def _measure(name: str, gguf: Path, docs: Path, out: Path, args: argparse.Namesp
     summary = create_qa_dataset(docs, out, llm=str(gguf), seed=args.seed, max_chunks=args.max_chunks,
                                 show_progress_bar=False, retry_failed=False,
                                 **get_recipe("default").generation.kwargs())
-    manifest = read_json(out / "manifest.json")
-    counts, timings = manifest["counts"], manifest["timings"]
     data = load_qa_dataset(out)
+    counts, timings = data.manifest["counts"], data.manifest["timings"]
     qrels = {q: t for split in data.qrels.values() for q, t in split.items()}
     kept_by_chunk = {chunk: 0.0 for chunk, _ in summary.failed_chunks}  # every selected chunk, with or without
     for q in qrels:
@@ -126,12 +125,11 @@ def main() -> int:
     chunks = sorted(set(kept["q4_1_packaged"]) | set(kept["q8_0_copy"]))  # the same seeded selection
     paired = paired_bootstrap({c: kept["q8_0_copy"].get(c, 0.0) for c in chunks},
                               {c: kept["q4_1_packaged"].get(c, 0.0) for c in chunks})
-    n_chunks = max(base["chunks"], 1)
     comparison = {
         "speedup_per_chunk": round(base["llm_s_per_chunk"] / max(new["llm_s_per_chunk"], 1e-9), 3),
         "kept_per_chunk_delta": round(paired.mean_delta, 4),
         "kept_per_chunk_delta_ci95": [round(paired.ci95_lo, 4), round(paired.ci95_hi, 4)],
-        "chunks_paired": len(chunks), "chunks_asked": n_chunks,
+        "chunks_paired": len(chunks), "chunks_asked": base["chunks"],
         "own_chunk_bm25_mrr@10_delta": round(new["own_chunk_bm25_mrr@10"] - base["own_chunk_bm25_mrr@10"], 4),
     }
     sys.stdout.write(f"comparison: {comparison}\n")
