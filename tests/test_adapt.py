@@ -330,6 +330,27 @@ def test_a_budget_run_trains_the_steps_it_planned(tmp_path: Path, stub: StubOpen
     assert summary["training"]["steps"] == plan["steps"]  # the deadline did not cut what the plan asked for
 
 
+def test_the_budget_probe_times_the_step_training_runs_with_the_recipes_attention_dropout(
+        tiny_cross_encoder_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The planner times the step the recipe trains: with its attention dropout (off in the default, which lets the
+    fused attention kernel run). Timed with the model's own 0.1, `make demo` planned 7.0 s per step on a CPU where
+    the default trains at 1.5 s, and so trained the 20-step floor instead of the recipe's 60."""
+    import logging
+    import re
+
+    from rag_rerank.adaptation.calibrate import measure_step
+
+    texts = ["the cat sat on the mat near the door", "dogs bark at night in the old town"] * 4
+    with caplog.at_level(logging.INFO, logger="rag_rerank"):
+        default_s = measure_step(str(tiny_cross_encoder_dir), RECIPES["default"], texts, steps=1)
+    assert RECIPES["default"].training.attention_dropout == 0.0 and default_s > 0
+    assert re.search(r"attention dropout 0 in [1-9]\d* attention blocks", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rag_rerank"):
+        measure_step(str(tiny_cross_encoder_dir), RECIPES["v5"], texts, steps=1)  # the model's own dropout
+    assert "attention dropout" not in caplog.text and "measured" in caplog.text
+
+
 def test_the_budget_probe_times_the_chunks_not_the_llm_start(tmp_path: Path) -> None:
     """The planner's chunk timing is the chunks' own wall time, not the call's: a local LLM server's start and the
     first imports once doubled `make demo`'s estimate. Against a real HTTP server with a fixed latency per answer

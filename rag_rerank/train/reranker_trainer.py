@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_reranker"]
+__all__ = ["set_attention_dropout", "train_reranker"]
 
 
 class _StepTimer(TrainerCallbackBase):
@@ -132,7 +132,7 @@ def _pair_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) ->
     return out, dropped
 
 
-def _set_attention_dropout(model: nn.Module, p: float) -> None:
+def set_attention_dropout(model: nn.Module, p: float) -> None:
     """Set the dropout on attention probabilities of every attention block (and in the config the model is saved
     with), for BERT-, RoBERTa- and XLM-R-style models; warn when the model has none to set."""
     n = 0
@@ -291,7 +291,7 @@ def train_reranker(
     if model.num_labels != 1:
         raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
     if cfg.attention_dropout is not None:
-        _set_attention_dropout(model.model, cfg.attention_dropout)
+        set_attention_dropout(model.model, cfg.attention_dropout)
     budget = query_budget(cfg.max_length)
     cut = _query_cutter(model.tokenizer, budget)
     cut_queries = [cut(q) for q in columns["query"]]
