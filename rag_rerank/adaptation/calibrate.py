@@ -56,16 +56,13 @@ def measure_step(base_model: str, recipe: Recipe, texts: Sequence[str], steps: i
 
     import torch
 
-    from rag_rerank.models import load_cross_encoder
     from rag_rerank.train.config import training_precision
     from rag_rerank.train.losses import GroupSoftmaxLoss
-    from rag_rerank.train.reranker_trainer import set_attention_dropout
+    from rag_rerank.train.reranker_trainer import load_training_model
 
     t = recipe.training
     bf16 = training_precision(t.mixed_precision) == "bf16"
-    model = load_cross_encoder(base_model, max_length=t.max_length, device="cpu")
-    if t.attention_dropout is not None:
-        set_attention_dropout(model.model, t.attention_dropout)
+    model = load_training_model(base_model, t, device="cpu")
     model.train()
     loss_fn = GroupSoftmaxLoss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)

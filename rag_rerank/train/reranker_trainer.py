@@ -56,11 +56,12 @@ from rag_rerank.train.model_card import render_model_card, write_model_card
 from rag_rerank.train.warm_start import warm_start
 
 if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
     from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["set_attention_dropout", "train_reranker"]
+__all__ = ["load_training_model", "train_reranker"]
 
 
 class _StepTimer(TrainerCallbackBase):
@@ -132,7 +133,20 @@ def _pair_columns(rows: Sequence[dict[str, Any]], group_size: int, seed: int) ->
     return out, dropped
 
 
-def set_attention_dropout(model: nn.Module, p: float) -> None:
+def load_training_model(base_model: str, cfg: RerankerTrainingConfig, device: str | None = None) -> CrossEncoder:
+    """``base_model`` as training runs it: one output label, and the config's attention dropout (the budget probe
+    times its step on this model, so that what it plans is what trains)."""
+    from rag_rerank.models import load_cross_encoder
+
+    model = load_cross_encoder(base_model, max_length=cfg.max_length, device=device)
+    if model.num_labels != 1:
+        raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
+    if cfg.attention_dropout is not None:
+        _set_attention_dropout(model.model, cfg.attention_dropout)
+    return model
+
+
+def _set_attention_dropout(model: nn.Module, p: float) -> None:
     """Set the dropout on attention probabilities of every attention block (and in the config the model is saved
     with), for BERT-, RoBERTa- and XLM-R-style models; warn when the model has none to set."""
     n = 0
@@ -254,7 +268,6 @@ def train_reranker(
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
     from transformers import EarlyStoppingCallback
 
-    from rag_rerank.models import load_cross_encoder
     from rag_rerank.train.evaluators import RerankingEvaluator
 
     cfg = config or RerankerTrainingConfig()
@@ -287,11 +300,7 @@ def train_reranker(
                         "mine negatives first (rag-rerank mine)")
     if dropped:
         logger.warning("dropped %d of %d rows with no negatives", dropped, len(train_groups))
-    model = load_cross_encoder(base_model, max_length=cfg.max_length)
-    if model.num_labels != 1:
-        raise RagRerankError(f"{base_model!r} has {model.num_labels} output labels; a reranker needs 1")
-    if cfg.attention_dropout is not None:
-        set_attention_dropout(model.model, cfg.attention_dropout)
+    model = load_training_model(base_model, cfg)
     budget = query_budget(cfg.max_length)
     cut = _query_cutter(model.tokenizer, budget)
     cut_queries = [cut(q) for q in columns["query"]]
