@@ -330,6 +330,23 @@ def test_a_budget_run_trains_the_steps_it_planned(tmp_path: Path, stub: StubOpen
     assert summary["training"]["steps"] == plan["steps"]  # the deadline did not cut what the plan asked for
 
 
+def test_a_recipe_that_fills_its_budget_trains_past_the_datas_steps(tmp_path: Path, stub: StubOpenAIServer,
+                                                                    tiny_cross_encoder_dir: Path,
+                                                                    tiny_bi_encoder_dir: Path) -> None:
+    """fill_budget (recipe next): the plan's steps are trained even past the data's own length (the 60-step floor
+    here), up to the recipe's max_steps; the default would stop at 60."""
+    from dataclasses import replace
+
+    recipe = replace(RECIPES["next"], max_steps=75)
+    rr.adapt(_two_docs(tmp_path / "docs"), tmp_path / "run", llm="openai:stub", base_url=stub.base_url,
+             base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=30,
+             budget_minutes=6.0, recipe=recipe, echo=lambda _: None)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert RECIPES["default"].steps_for(summary["data"]["per_split"]["train"]) == 60
+    assert plan["steps"] == 75 and summary["training"]["steps"] == 75
+
+
 def test_the_budget_probe_times_the_step_training_runs_with_the_recipes_attention_dropout(
         tiny_cross_encoder_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The planner times the step the recipe trains: with its attention dropout (off in the default, which lets the

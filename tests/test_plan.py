@@ -52,3 +52,31 @@ def test_the_evaluation_budget_gives_the_demo_more_training_in_the_same_time() -
     new, old = make_plan(187, DEFAULT, **kwargs), make_plan(187, get_recipe("v3"), **kwargs)
     assert new.chunks == old.chunks and new.steps > old.steps
     assert new.est_total_s <= 13 * 60 * 1.0001
+
+
+NEXT = get_recipe("next")
+
+
+@pytest.mark.parametrize("budget", [8, 13, 20, 40])
+@pytest.mark.parametrize("n_chunks", [40, 187, 2237])
+def test_a_recipe_that_fills_its_budget_trains_at_least_as_long_and_still_fits(n_chunks: int, budget: float) -> None:
+    """fill_budget: the minutes a small corpus leaves go to more listwise steps (up to max_steps), never to fewer
+    chunks or validation questions, and the plan still fits the budget whenever the shorter one did."""
+    kwargs = {"s_per_chunk": 1.5, "s_per_step": 1.5, "budget_minutes": budget, "chunks_done": 8}
+    filled, plain = make_plan(n_chunks, NEXT, **kwargs), make_plan(n_chunks, DEFAULT, **kwargs)
+    assert (filled.chunks, filled.val_questions) == (plain.chunks, plain.val_questions)
+    assert plain.steps <= filled.steps <= NEXT.max_steps
+    if plain.est_total_s <= budget * 60:
+        assert filled.est_total_s <= budget * 60 * 1.0001
+    one_more = make_plan(n_chunks, NEXT, **kwargs, max_steps=filled.steps + 1)
+    assert filled.steps == NEXT.max_steps or one_more.steps == filled.steps  # the next step would not fit
+    assert make_plan(n_chunks, NEXT, **{**kwargs, "budget_minutes": budget * 2}).steps >= filled.steps
+
+
+def test_filling_a_budget_respects_the_callers_step_cap_and_a_plan_without_a_budget_is_unchanged() -> None:
+    assert make_plan(187, NEXT, s_per_chunk=1.5, s_per_step=1.5, budget_minutes=60, max_steps=100).steps == 100
+    assert make_plan(187, NEXT, s_per_chunk=1.5, s_per_step=1.5, budget_minutes=600).steps == NEXT.max_steps
+    assert make_plan(187, NEXT, s_per_chunk=1.5, s_per_step=1.5) == make_plan(187, DEFAULT, s_per_chunk=1.5,
+                                                                               s_per_step=1.5)
+    cfg = NEXT.training_config(200, steps=165, val_questions=52)  # what adapt passes for a filled plan
+    assert cfg.max_steps == 165 > NEXT.steps_for(200) and NEXT.training_config(200, steps=10_000).max_steps == 640

@@ -154,7 +154,9 @@ def adapt(
             return None
         manifest = read_json(run.dataset_dir / "manifest.json")  # the dataset's counts and generation timings
         n_val = manifest.get("counts", {}).get("per_split", {}).get("validation")
-        training = recipe.training_config(n_groups, plan.steps, val_questions=n_val)
+        fill = plan.budget_minutes is not None and recipe.fill_budget  # the plan's steps, past the data's epochs
+        training = recipe.training_config(n_groups, None if fill else plan.steps, val_questions=n_val,
+                                          steps=plan.steps if fill else None)
         run.stage("train", lambda: _train(run, recipe, base_model, index_dir, first, training, deadline,
                                           show_progress_bar), say)
         if stop_after == "train":

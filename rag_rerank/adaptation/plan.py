@@ -125,7 +125,8 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
     recipe's floor (``min_steps``, or the data's one epoch if smaller) while fewer chunks can make room for it, and
     chunks are only dropped down to the count that still gives ``min_val_queries`` validation questions. When even
     that does not fit, the plan keeps at least ``BUDGET_MIN_STEPS`` listwise steps and says that it is over budget
-    (``est_total_s`` > the budget): a run that cannot train is no use at any size.
+    (``est_total_s`` > the budget): a run that cannot train is no use at any size. A recipe with ``fill_budget``
+    then trains as many steps as the rest of the budget has room for, up to its ``max_steps`` (and ``max_steps``).
 
     Example:
         >>> p = make_plan(187, "default", s_per_chunk=1.6, s_per_step=7.4, budget_minutes=13)
@@ -154,8 +155,9 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
                   + min(val, recipe.max_eval_queries or val) + test)
         return (warm + steps + scored * EVAL_STEP_EQUIVALENT) * s_per_step
 
-    def steps_that_fit(c: int, budget: float) -> int:
+    def steps_that_fit(c: int, budget: float, ceiling: int | None = None) -> int:
         _, val, test, _, steps = shape(c)
+        steps = steps if ceiling is None else ceiling
         room = budget - (c - chunks_done) * s_per_chunk - other_s(c)
         while steps > 0 and training_s(steps, val, test) > room:
             steps -= 1
@@ -172,7 +174,11 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
         while steps_that_fit(chunks, budget) < floor and chunks > fewest:
             chunks = max(fewest, chunks - max(1, chunks // 20))
         questions, val, test, train_groups, steps = shape(chunks)
-        steps = min(steps, max(steps_that_fit(chunks, budget), min(steps, BUDGET_MIN_STEPS)))
+        ceiling = steps
+        if recipe.fill_budget:  # the budget's room, past the data's epochs, up to the recipe's (and caller's) cap
+            ceiling = recipe.max_steps if max_steps is None else min(recipe.max_steps, max_steps)
+            ceiling = max(ceiling, steps)
+        steps = min(ceiling, max(steps_that_fit(chunks, budget, ceiling), min(steps, BUDGET_MIN_STEPS)))
     else:
         questions, val, test, train_groups, steps = shape(chunks)
     return Plan(
