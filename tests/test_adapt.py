@@ -224,7 +224,14 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
 
 
 def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
-    default, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v5", "v4", "v3", "v2"))
+    default, v6, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v6", "v5", "v4", "v3", "v2"))
+    assert default.pop("fill_budget") is True  # v6: the default before a budget was filled with steps
+    assert {r.pop("fill_budget") for r in (v6, v5, v4, v3, v2)} == {None}
+    for d in (default, v6):
+        d.pop("name"), d.pop("description")
+    assert default == v6
+    default = RECIPES["v6"].to_dict()  # from here on, each older default against the one after it
+    default.pop("fill_budget")
     assert default["training"].pop("attention_dropout") == 0.0  # v5: the default before attention dropout was off
     assert {r["training"].pop("attention_dropout") for r in (v5, v4, v3, v2)} == {None}
     for d in (default, v5):
@@ -330,20 +337,20 @@ def test_a_budget_run_trains_the_steps_it_planned(tmp_path: Path, stub: StubOpen
     assert summary["training"]["steps"] == plan["steps"]  # the deadline did not cut what the plan asked for
 
 
-def test_a_recipe_that_fills_its_budget_trains_past_the_datas_steps(tmp_path: Path, stub: StubOpenAIServer,
+def test_the_default_fills_its_budget_with_steps_past_the_datas_own_length(tmp_path: Path, stub: StubOpenAIServer,
                                                                     tiny_cross_encoder_dir: Path,
                                                                     tiny_bi_encoder_dir: Path) -> None:
-    """fill_budget (recipe next): the plan's steps are trained even past the data's own length (the 60-step floor
-    here), up to the recipe's max_steps; the default would stop at 60."""
+    """fill_budget (the default since demo.json): the plan's steps are trained even past the data's own length (the
+    60-step floor here), up to the recipe's max_steps; v6 would stop at 60."""
     from dataclasses import replace
 
-    recipe = replace(RECIPES["next"], max_steps=75)
+    recipe = replace(RECIPES["default"], max_steps=75)
     rr.adapt(_two_docs(tmp_path / "docs"), tmp_path / "run", llm="openai:stub", base_url=stub.base_url,
              base_model=str(tiny_cross_encoder_dir), bi_encoder=str(tiny_bi_encoder_dir), max_chunks=30,
              budget_minutes=6.0, recipe=recipe, echo=lambda _: None)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert RECIPES["default"].steps_for(summary["data"]["per_split"]["train"]) == 60
+    assert RECIPES["v6"].steps_for(summary["data"]["per_split"]["train"]) == 60
     assert plan["steps"] == 75 and summary["training"]["steps"] == 75
 
 
