@@ -85,8 +85,9 @@ def adapt(
         llm, base_url: the question writer: ``"embedded"`` (SmolLM2, offline) or ``"openai:MODEL"`` (+ endpoint).
         base_model, bi_encoder: override the recipe's reranker base and bi-encoder.
         max_chunks, max_steps: cap the chunks asked and the training steps (small runs, tests).
-        budget_minutes: measure this machine's throughput, then size chunks and steps to fit; training stops with
-            the best checkpoint so far when the budget is spent.
+        budget_minutes: measure this machine's throughput, then size chunks and steps to fit (a recipe with
+            ``fill_budget``, the default, trains as many steps as the time left allows, up to its ``max_steps``);
+            training stops with the best checkpoint so far when the budget is spent.
         seed: seeds generation, splits and training.
         query_examples: 5-50 queries of the kind your system receives (a file path, a list or a
             :class:`rag_rerank.generate.style.QueryStyle`): synthetic queries are written in their style.

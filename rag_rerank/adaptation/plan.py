@@ -125,8 +125,9 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
     recipe's floor (``min_steps``, or the data's one epoch if smaller) while fewer chunks can make room for it, and
     chunks are only dropped down to the count that still gives ``min_val_queries`` validation questions. When even
     that does not fit, the plan keeps at least ``BUDGET_MIN_STEPS`` listwise steps and says that it is over budget
-    (``est_total_s`` > the budget): a run that cannot train is no use at any size. A recipe with ``fill_budget``
-    then trains as many steps as the rest of the budget has room for, up to its ``max_steps`` (and ``max_steps``).
+    (``est_total_s`` > the budget): a run that cannot train is no use at any size. Once chunks are set, a recipe with
+    ``fill_budget`` (the default) gives the minutes left to more listwise steps, past the data's own length, up to
+    the recipe's ``max_steps`` (and the ``max_steps`` passed here).
 
     Example:
         >>> p = make_plan(187, "default", s_per_chunk=1.6, s_per_step=7.4, budget_minutes=13)

@@ -128,6 +128,7 @@ class Recipe:
     min_val_queries: int = 50
     alpha_rule: str | None = None
     fill_budget: bool | None = None
+
     def steps_for(self, n_groups: int) -> int:
         """Optimiser steps for ``n_groups`` training groups: ``epochs`` passes, within ``[min_steps, max_steps]``."""
         per_epoch = math.ceil(max(n_groups, 1) / self.training.batch_size)
