@@ -178,7 +178,6 @@ def make_plan(n_chunks: int, recipe: Recipe | str, *, s_per_chunk: float, s_per_
         ceiling = steps
         if recipe.fill_budget:  # the budget's room, past the data's epochs, up to the recipe's (and caller's) cap
             ceiling = recipe.max_steps if max_steps is None else min(recipe.max_steps, max_steps)
-            ceiling = max(ceiling, steps)
         steps = min(ceiling, max(steps_that_fit(chunks, budget, ceiling), min(steps, BUDGET_MIN_STEPS)))
     else:
         questions, val, test, train_groups, steps = shape(chunks)

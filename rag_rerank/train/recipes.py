@@ -212,8 +212,7 @@ RECIPES["v6"] = replace(
     RECIPES["default"], name="v6", fill_budget=None,
     description="The default before a time budget was filled by training (kept to compare against; "
                 "squad_headline.json, arguana.json, time_to_quality.json and demo_v6.json ran it): as the default, but "
-                "with "
-                "--budget-minutes a small corpus stops at its own length (the 60-step floor).",
+                "with --budget-minutes a small corpus stops at its own length (the 60-step floor).",
 )
 RECIPES["v5"] = replace(
     RECIPES["v6"], name="v5", training=replace(RECIPES["v6"].training, attention_dropout=None),
