@@ -32,8 +32,8 @@ from rag_rerank.train.recipes import RECIPES
               help="Train at most N steps (the recipe scales steps with the questions otherwise).")
 @click.option("--budget-minutes", type=click.FloatRange(min=1), default=None,
               help="Measure this machine's throughput, size chunks and steps to fit (the default recipe fills "
-                   "the time left with more training steps, up to 640), and stop training with the best checkpoint "
-                   "when the time is spent.")
+                   f"the time left with more training steps, up to {RECIPES['default'].max_steps}), and stop "
+                   "training with the best checkpoint when the time is spent.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generation, splits and training.")
 @click.option("--query-examples", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="5-50 example queries of the kind your system receives (.txt, one a line, or .jsonl): synthetic "
