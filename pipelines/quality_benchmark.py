@@ -102,6 +102,7 @@ def _real(args: argparse.Namespace, preset: Preset, run: Any, data: tuple[dict, 
         build_index(corpus, real_index, bi_encoder=bi, cache_dir=cache_dir() / "embeddings")
     shown = fusion.alpha if fusion.improved else fusion.best_alpha
     key = {"model": str(run.reranker_dir), "fusion": fusion.alpha, "first_stage": fusion.first_stage,
+           "query_guard": fusion.max_query_words,
            "sample": size["eval_queries"], "seed": args.seed, "n_resamples": args.n_resamples, "bi_encoder": bi,
            "queries": len(queries)}
     saved = report_dir / "report.json"
@@ -110,6 +111,7 @@ def _real(args: argparse.Namespace, preset: Preset, run: Any, data: tuple[dict, 
     start = time.perf_counter()
     result = evaluate_systems(corpus, queries, qrels, index=load_index(real_index), index_dir=real_index,
                               rerankers={"reranker": str(run.reranker_dir)}, alpha={"reranker": shown},
+                              query_guard={"reranker": fusion.max_query_words},
                               first_stage_tuned=fusion.first_stage, top_k=recipe.top_k, metrics=preset.metrics,
                               shipped_system=run.shipped_system, exclude_self=preset.exclude_self,
                               sample=size["eval_queries"], seed=args.seed, n_resamples=args.n_resamples)
@@ -164,6 +166,8 @@ def _one_run(args: argparse.Namespace, preset: Preset, name: str, work: Path, da
         "fusion": summary["fusion"],
         "first_stage": summary["first_stage"],
         "verdict_on_validation": summary["verdict"],
+        # the fused system's query guard on the real queries (None: the recipe has none)
+        "query_guard": real["settings"].get("query_guard", {}).get("reranker"),
         "validation_curve": _curve(run.reranker_dir),
         "ceiling": real["ceiling"],
         "gold_rank_histogram": real["gold_rank_histogram"],
@@ -186,6 +190,10 @@ def _one_run(args: argparse.Namespace, preset: Preset, name: str, work: Path, da
     logger.info("%s, real queries (%s): hybrid %.4f, %s %.4f, %s %.4f (%+.4f vs hybrid %s; %+.4f vs tuned %s)",
                 name, m, real["systems"]["hybrid"][m], TUNED, real["systems"][TUNED][m], h, real["systems"][h][m],
                 d.get("delta", 0), d.get("ci95"), t.get("delta", 0), t.get("ci95"))
+    if out["query_guard"]:
+        g = out["query_guard"]
+        logger.info("%s: the query guard served %d of %d real queries (more than %d words) by the tuned first stage",
+                    name, g["guarded"], g["queries"], g["max_query_words"])
     return out
 
 

@@ -224,14 +224,21 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
 
 
 def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
-    default, v6, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v6", "v5", "v4", "v3", "v2"))
+    default, v7, v6, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v7", "v6", "v5", "v4", "v3", "v2"))
+    assert default.pop("query_guard") == 1.5  # v7: the default before the query guard
+    assert {r.pop("query_guard") for r in (v7, v6, v5, v4, v3, v2)} == {None}
+    for d in (default, v7):
+        d.pop("name"), d.pop("description")
+    assert default == v7
+    default = RECIPES["v7"].to_dict()  # from here on, each older default against the one after it
+    default.pop("query_guard")
     assert default.pop("fill_budget") is True  # v6: the default before a budget was filled with steps
     assert {r.pop("fill_budget") for r in (v6, v5, v4, v3, v2)} == {None}
     for d in (default, v6):
         d.pop("name"), d.pop("description")
     assert default == v6
-    default = RECIPES["v6"].to_dict()  # from here on, each older default against the one after it
-    default.pop("fill_budget")
+    default = RECIPES["v6"].to_dict()
+    default.pop("query_guard"), default.pop("fill_budget")
     assert default["training"].pop("attention_dropout") == 0.0  # v5: the default before attention dropout was off
     assert {r["training"].pop("attention_dropout") for r in (v5, v4, v3, v2)} == {None}
     for d in (default, v5):
@@ -393,3 +400,21 @@ def test_the_budget_probe_times_the_chunks_not_the_llm_start(tmp_path: Path) -> 
         rr.create_qa_dataset(docs, tmp_path / "ds", llm="openai:stub", base_url=again.base_url, seed=0, max_chunks=n,
                              show_progress_bar=False, **RECIPES["default"].generation.kwargs())
         assert again.n_requests == 0
+
+
+def test_the_shipped_fusion_carries_a_query_guard_from_the_training_questions(run) -> None:
+    """The default's query guard: 1.5 times the longest training or validation question, saved in fusion.json, the
+    same limit the test report applied (and the postprocessor serves: tests/test_llamaindex.py)."""
+    import math
+
+    from rag_rerank.generate.store import load_qa_dataset
+    from rag_rerank.rerank.fusion import query_words
+
+    dataset = load_qa_dataset(run.dataset_dir)
+    trained = [json.loads(line)["query"] for line in (run.reranker_dir / "train_groups.jsonl").open()]
+    validated = list(dataset.split("validation")[1].values())
+    expected = math.ceil(RECIPES["default"].query_guard * max(map(query_words, trained + validated)))
+    assert load_fusion(run.reranker_dir).max_query_words == expected
+    guard = json.loads((run.report_dir / "report.json").read_text())["settings"]["query_guard"]
+    assert guard == {"reranker": {"max_query_words": expected, "guarded": 0,
+                                  "queries": len(dataset.split("test")[1])}}  # test questions are like training ones

@@ -121,3 +121,59 @@ def test_choose_alpha_records_its_rule_and_the_verdict_names_the_rules_pick(tmp_
     assert load_fusion(tmp_path).rule == "best" and load_fusion(tmp_path).candidate == bagged.best_alpha
     with pytest.raises(ValueError, match="rule='median'"):
         choose_alpha(*good, top_k=3, rule="median")
+
+
+def test_the_query_guard_serves_a_query_longer_than_the_training_questions_by_the_first_stage() -> None:
+    from rag_rerank.rerank.fusion import FusionChoice, guard_limit, query_words
+
+    questions = ["Who founded Rome?", "In which year was the city of Rome founded by Romulus?"]  # 3 and 11 words
+    assert query_words(questions[1]) == 11 and guard_limit(questions, 1.5) == 17  # ceil(16.5)
+    assert guard_limit(questions, None) is None and guard_limit([], 1.5) is None  # no recipe setting, no questions
+    with pytest.raises(ValueError, match="query_guard"):
+        guard_limit(questions, 0.5)
+    choice = FusionChoice(alpha=0.4, metric="mrr@10", value=0.9, by_alpha={"0": 0.8}, queries=60, gain=0.1,
+                          gain_ci95=(0.05, 0.15), max_query_words=17)
+    assert choice.alpha_for(" ".join(["word"] * 17)) == 0.4 and not choice.guards(" ".join(["word"] * 17))
+    assert choice.alpha_for(" ".join(["word"] * 18)) == 0.0 and choice.guards(" ".join(["word"] * 18))
+    assert "more than 17 words" in choice.verdict()
+    unguarded = FusionChoice(alpha=0.4, metric="mrr@10", value=0.9, by_alpha={"0": 0.8}, queries=60, gain=0.1,
+                             gain_ci95=(0.05, 0.15))
+    assert unguarded.alpha_for(" ".join(["word"] * 500)) == 0.4 and "words" not in unguarded.verdict()
+
+
+def test_the_guard_is_saved_with_the_choice_and_old_files_have_none(tmp_path: Path) -> None:
+    choice = choose_alpha(RUN, RR, {"q1": {"b": 1}}, top_k=3, min_queries=1, max_query_words=25)
+    save_fusion(tmp_path, choice)
+    assert load_fusion(tmp_path).max_query_words == 25 and load_fusion(tmp_path) == choice
+    old = json.loads((tmp_path / FUSION_FILE).read_text())
+    del old["max_query_words"]  # a fusion.json written before the guard existed
+    (tmp_path / FUSION_FILE).write_text(json.dumps(old))
+    assert load_fusion(tmp_path).max_query_words is None
+
+
+def test_a_per_query_alpha_fuses_some_queries_and_keeps_the_first_stage_order_of_others() -> None:
+    from rag_rerank.rerank.runs import interpolate_run
+
+    run = {"short": {"a": 3.0, "b": 2.0, "c": 1.0}, "long": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    heads = {q: {"a": 0.0, "b": 5.0, "c": 1.0} for q in run}
+    out = interpolate_run(run, heads, {"short": 1.0, "long": 0.0}, 3)
+    assert list(sorted(out["short"], key=lambda d: -out["short"][d])) == ["b", "c", "a"]  # the reranker's order
+    assert list(sorted(out["long"], key=lambda d: -out["long"][d])) == ["a", "b", "c"]  # the first stage's
+    assert out == {"short": interpolate_run({"short": run["short"]}, heads, 1.0, 3)["short"],
+                   "long": interpolate_run({"long": run["long"]}, heads, 0.0, 3)["long"]}
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_run(run, heads, {"short": 1.5, "long": 0.0}, 3)
+
+
+def test_the_guard_note_tells_a_user_whose_example_queries_are_past_the_guard() -> None:
+    from rag_rerank.rerank.fusion import FusionChoice
+
+    shipped = FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3)
+    examples = ["a b", "a b c d e", "a b c d e f"]
+    assert shipped.guard_note(examples, "of your example queries") == (
+        "QUERY GUARD: 2 of 3 of your example queries have more than 3 words, unlike every question the reranker was "
+        "trained on: the shipped system serves such queries by the first stage alone")
+    assert shipped.guard_note(["a b"]) is None  # none past it
+    refused = FusionChoice(alpha=0.0, metric="mrr@10", value=0.8, status="no_gain", max_query_words=3)
+    assert refused.guard_note(examples) is None  # the first stage is shipped anyway
+    assert FusionChoice(alpha=0.5, metric="mrr@10", value=0.8).guard_note(examples) is None  # no guard

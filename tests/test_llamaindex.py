@@ -262,3 +262,30 @@ def test_default_serves_the_fused_system_evaluate_measures(sharp_ce_dir: Path, c
     assert RagRerankPostprocessor(model=str(model), device="cpu", alpha=None).fusion_alpha is None
     with pytest.raises(ValueError):
         RagRerankPostprocessor(model=str(sharp_ce_dir), alpha="sometimes")
+
+
+def test_a_query_past_the_guard_is_served_in_retrieval_order_without_running_the_model(
+        sharp_ce_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rag_rerank.rerank.fusion import FusionChoice, save_fusion
+
+    model = tmp_path / "ce"
+    shutil.copytree(sharp_ce_dir, model)
+    limit = len(QUERY.split())  # the query itself is at the limit: fused; one word more is past it
+    save_fusion(model, FusionChoice(alpha=0.4, metric="mrr@10", value=1.0, max_query_words=limit))
+    retrieval = [3.0, 1.0, 2.5, 2.0, 5.0, 1.5, 4.0]
+    pp = RagRerankPostprocessor(model=str(model), top_k=None, device="cpu")  # query_guard="auto": fusion.json's
+    unguarded = RagRerankPostprocessor(model=str(model), top_k=None, device="cpu", query_guard=None)
+    assert pp.alpha_for(QUERY) == 0.4 and pp.alpha_for(QUERY + " please") == 0.0
+    assert _ids(pp.postprocess_nodes(_nodes(retrieval), query_str=QUERY)) == _ids(
+        unguarded.postprocess_nodes(_nodes(retrieval), query_str=QUERY))  # within the guard: the fused system
+    calls = []
+    pp.reranker.predict = lambda *a, **k: calls.append(a) or []  # the model must not run past the guard
+    out = pp.postprocess_nodes(_nodes(retrieval), query_str=QUERY + " please")
+    assert not calls and _ids(out) == [f"n{i}" for i in sorted(range(len(retrieval)), key=lambda i: -retrieval[i])]
+    assert unguarded.alpha_for(QUERY + " please") == 0.4
+    assert RagRerankPostprocessor(model=str(model), device="cpu", query_guard=3).alpha_for(QUERY) == 0.0
+    assert RagRerankPostprocessor(model=str(model), device="cpu", alpha=None).alpha_for(QUERY + " please") is None
+    with pytest.raises(ValueError, match="query_guard"):
+        RagRerankPostprocessor(model=str(model), device="cpu", query_guard=0)

@@ -319,3 +319,24 @@ def test_cli_interpolate_auto_reads_fusion_json(beir_dir: Path, index_dir: Path,
     bad = CliRunner().invoke(main, ["evaluate", "--beir", str(beir_dir), "--index", str(index_dir), "--reranker",
                                     str(model), "--alpha", "lots", "--out", str(tmp_path / "r2")])
     assert bad.exit_code != 0 and "neither a number" in bad.output
+
+
+def test_a_query_guard_serves_the_longer_queries_by_the_first_stage_and_the_report_counts_them(
+        index_dir: Path, sharp_reranker, tmp_path: Path) -> None:
+    index = load_index(index_dir)
+
+    def run(guard: int | None) -> EvaluationResult:
+        return evaluate_systems(CORPUS, QUERIES, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k=3,
+                                depth=8, alpha=1.0, query_guard={"s": guard}, metrics=METRICS, n_resamples=200)
+
+    everyone, nobody, some = run(100), run(1), run(5)
+    assert everyone.systems["hybrid+s@1"] == everyone.systems["hybrid+s"]  # no query past 100 words
+    assert nobody.systems["hybrid+s@1"] == nobody.systems["hybrid"]  # every query past 1 word: the first stage
+    assert nobody.gold_rank_histogram["hybrid+s@1"] == nobody.gold_rank_histogram["hybrid"]
+    assert nobody.systems["hybrid+s"] == everyone.systems["hybrid+s"]  # the reranker alone is never guarded
+    long = sum(len(q.split()) > 5 for q in QUERIES.values())
+    assert 0 < long < len(QUERIES)
+    assert some.settings["query_guard"] == {"s": {"max_query_words": 5, "guarded": long, "queries": len(QUERIES)}}
+    assert run(None).settings["query_guard"] == {}
+    md = (write_report(some, tmp_path / "rep")["markdown"]).read_text()
+    assert f"{long} of {len(QUERIES)} queries have more than 5 words" in md

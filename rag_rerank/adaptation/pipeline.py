@@ -174,6 +174,9 @@ def adapt(
         run.write_summary(summary)
         _record_throughput(run, llm_kind, recipe, base_model, manifest)
     say(f"\nVERDICT (validation): {choice.verdict(TUNED)}")
+    note = choice.guard_note(style.examples, "of your example queries") if style else None
+    if note:
+        say(note)
     say(_test_line(summary))
     return AdaptResult(
         run_dir=run.path, dataset_dir=run.dataset_dir, index_dir=Path(index_dir), reranker_dir=served,
@@ -331,6 +334,7 @@ def _evaluate(run: RunFolder, recipe: Recipe, index_dir: str, first: FirstStageC
     shipped = f"{reranked}+reranker@{choice.alpha:g}" if choice.improved else reranked
     result = evaluate_systems(corpus, queries, qrels, index=load_index(index_dir), index_dir=index_dir,
                               rerankers={"reranker": str(served)}, alpha={"reranker": shown},
+                              query_guard={"reranker": choice.max_query_words},
                               first_stage_tuned=first.settings, top_k=recipe.top_k, shipped_system=shipped,
                               n_resamples=10000)
     result.command = "rag-rerank adapt"

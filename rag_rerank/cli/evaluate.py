@@ -91,8 +91,8 @@ def _shipped(models: tuple[str, ...], names: list[str], alpha: float | str | Non
               help="Docs retrieved per query by each first stage.")
 @click.option("--alpha", "alpha_value", default="auto", show_default=True, metavar="ALPHA|auto|none",
               help="Also report ALPHA*z(reranker) + (1-ALPHA)*z(first stage) for each reranker; 'auto' uses the "
-                   "alpha and tuned first stage the model was adapted with (its fusion.json), i.e. the system it "
-                   "ships; 'none' reports the rerankers alone.")
+                   "alpha, tuned first stage and query guard the model was adapted with (its fusion.json), i.e. the "
+                   "system it ships; 'none' reports the rerankers alone.")
 @click.option("--exclude-self", is_flag=True,
               help="Drop a document whose id is the query's id from every ranking (BEIR's ignore_identical_ids, "
                    "for corpora such as ArguAna whose queries are corpus documents).")

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from rag_rerank.errors import ConfigError, DataError
 from rag_rerank.evaluate.metrics import evaluate, gold_ranks, parse_metric, per_query, rank_histogram
 from rag_rerank.evaluate.result import EvaluationResult, compare
 from rag_rerank.evaluate.significance import paired_bootstrap
-from rag_rerank.rerank.fusion import TUNED
+from rag_rerank.rerank.fusion import TUNED, load_fusion, past_guard
 from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.types import Corpus, Qrels, Queries, Run
 
@@ -113,6 +114,32 @@ def _resolve_alphas(alpha: float | str | Mapping[str, float | None] | None,
     return alphas
 
 
+def _resolve_guards(guard: Mapping[str, int | None] | None, alpha: Any,
+                    rerankers: Mapping[str, Any]) -> dict[str, int | None]:
+    """``{reranker name: max_query_words or None}``; with ``alpha="auto"`` and no ``guard``, each model folder's
+    ``fusion.json`` gives it (the system the model ships)."""
+    if guard is not None:
+        return {n: guard.get(n) for n in rerankers}
+    if alpha != "auto":
+        return dict.fromkeys(rerankers)
+    saved = {n: (None if hasattr(m, "predict") or not Path(str(m)).is_dir() else load_fusion(m))
+             for n, m in rerankers.items()}
+    return {n: (c.max_query_words if c is not None else None) for n, c in saved.items()}
+
+
+def _guarded_alphas(queries: Queries, alpha: float, limit: int | None) -> float | dict[str, float]:
+    """One weight, or one per query when a query guard serves the longer queries by the first stage alone."""
+    if limit is None:
+        return alpha
+    return {q: (0.0 if past_guard(t, limit) else alpha) for q, t in queries.items()}
+
+
+def _guard_counts(queries: Queries, guards: Mapping[str, int | None]) -> dict[str, dict[str, int]]:
+    """Per guarded reranker: its limit, and how many of the evaluated queries it served by the first stage."""
+    return {n: {"max_query_words": limit, "guarded": sum(past_guard(t, limit) for t in queries.values()),
+                "queries": len(queries)} for n, limit in guards.items() if limit is not None}
+
+
 def _drop_self(run: Run, depth: int) -> Run:
     """Each query's ranking without the document whose id is the query's own (BEIR's ``ignore_identical_ids``)."""
     return {q: dict(list((d, s) for d, s in docs.items() if d != q)[:depth]) for q, docs in run.items()}
@@ -129,6 +156,7 @@ def evaluate_systems(
     top_k: int = 20,
     depth: int = 100,
     alpha: float | str | Mapping[str, float | None] | None = None,
+    query_guard: Mapping[str, int | None] | None = None,
     first_stage_tuned: Mapping[str, Any] | None = None,
     extra_runs: Mapping[str, Run] | None = None,
     metrics: Sequence[str] = REPORT_METRICS,
@@ -152,6 +180,9 @@ def evaluate_systems(
         depth: docs retrieved per query by every first stage (recall@100 needs 100).
         alpha: the fusion weight, ``{name: alpha}`` per reranker, or ``"auto"`` (each model folder's
             ``fusion.json``); adds ``<first stage>+NAME@ALPHA`` = ``alpha*z(reranker) + (1-alpha)*z(first stage)``.
+        query_guard: ``{name: max_query_words}``: that fused system serves a query of more words by the first stage
+            alone (:mod:`rag_rerank.rerank.fusion`); ``None`` with ``alpha="auto"``: each model's ``fusion.json``.
+            The reranker alone is never guarded (it shows what the guard keeps away).
         first_stage_tuned: fusion settings of the hybrid chosen on synthetic validation (``fusion``, ``norm``,
             ``weights``, ...; see :meth:`HybridRetriever.with_fusion`): adds the system ``first_stage_tuned``, which
             the rerankers then rerank and fuse with, and which becomes a second baseline.
@@ -186,6 +217,7 @@ def evaluate_systems(
     if top_k < 1 or depth < top_k:
         raise ConfigError(f"need 1 <= top_k ({top_k}) <= depth ({depth})")
     alphas = _resolve_alphas(alpha, rerankers)
+    guards = _resolve_guards(query_guard, alpha, rerankers)
     for m in metrics:
         k = parse_metric(m).k
         if k is None or k > depth:
@@ -223,7 +255,8 @@ def evaluate_systems(
         timings[f"{reranked}+{name}"] = time.perf_counter() - start
         a = alphas.get(name)
         if a is not None:
-            runs[f"{reranked}+{name}@{a:g}"] = apply_scores(runs[reranked], heads, top_k, a)
+            runs[f"{reranked}+{name}@{a:g}"] = apply_scores(runs[reranked], heads, top_k,
+                                                            _guarded_alphas(sub_q, a, guards[name]))
         n_pairs = sum(map(len, heads.values()))
         logger.info("reranked %d pairs with %s in %.1fs", n_pairs, name, timings[f"{reranked}+{name}"])
 
@@ -255,7 +288,8 @@ def evaluate_systems(
         "bi_encoder": index.dense.model_name,
         "rerankers": models, "reranker_backends": backends,
         "top_k": top_k, "depth": depth, "exclude_self": exclude_self,
-        "alpha": alphas, "sample": sample, "seed": seed, "queries_available": len(qrels),
+        "alpha": alphas, "query_guard": _guard_counts(sub_q, guards), "sample": sample, "seed": seed,
+        "queries_available": len(qrels),
         "reranked_text": "passage text field (no title)",
         "timings_note": "reranked systems: reranking time only (the first stage is timed separately)",
     }

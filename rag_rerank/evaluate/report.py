@@ -60,6 +60,10 @@ def _markdown_report(result: EvaluationResult) -> str:
                  f"Rerankers reorder the {reranked} top {k}; positives are not injected.")
     if result.shipped_system:
         lines += ["", f"**Shipped system**: `{result.shipped_system}` (what the adapted model serves)."]
+    for name, g in (s.get("query_guard") or {}).items():
+        lines += ["", f"**Query guard** (`{name}`): {g['guarded']} of {g['queries']} queries have more than "
+                      f"{g['max_query_words']} words, unlike any question the reranker was trained on; its fused "
+                      f"system serves them in {reranked} order (the reranker alone is not guarded)."]
     if c:
         lines.append("")
         lines.append(f"**Ceiling**: {c.get('system', reranked)} recall@{k} = {c.get(f'recall@{k}', float('nan')):.4f}, "

@@ -10,6 +10,12 @@ The choice is honest about noise: the gain of the chosen alpha over the first st
 bootstrap CI over the validation questions. With fewer than ``min_queries`` questions, or when that CI does not
 exclude 0, the shipped weight is 0: the reranker is not trusted, and the system served is the first stage.
 
+**The query guard.** A reranker trained on short synthetic questions has never seen a 200-word query; its scores
+there are an extrapolation that validation cannot check (every validation question is as short as the training
+ones). With ``max_query_words`` set (the recipe's ``query_guard`` times the longest question it was trained or
+validated on), a longer query is served by the first stage alone (:meth:`FusionChoice.alpha_for`). Words are
+whitespace-separated tokens (:func:`query_words`).
+
 Two rules pick the alpha (:data:`RULES`):
 
 - ``"best"``: the alpha with the best validation metric (ties: the smaller);
@@ -28,8 +34,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,13 +51,49 @@ from rag_rerank.types import Qrels, Run
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "RULES", "TUNED", "FusionChoice", "bagged_alpha",
-           "choose_alpha", "load_fusion", "save_fusion", "saved_alpha"]
+           "choose_alpha", "guard_limit", "load_fusion", "past_guard", "query_words", "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 FUSION_FILE = "fusion.json"
 MIN_VALIDATION_QUERIES = 50
 RULES = ("best", "bagged")
 TUNED = "first_stage_tuned"  # the name of the tuned first stage in reports
+
+
+def query_words(text: str) -> int:
+    """The length the query guard counts: whitespace-separated words.
+
+    Example:
+        >>> query_words("Who founded  Rome?")
+        3
+    """
+    return len(text.split())
+
+
+def past_guard(query: str, max_query_words: int | None) -> bool:
+    """Whether ``query`` has more words than the guard's limit (``None``: no guard, never).
+
+    Example:
+        >>> past_guard("Who founded Rome?", 2), past_guard("Who founded Rome?", None)
+        (True, False)
+    """
+    return max_query_words is not None and query_words(query) > max_query_words
+
+
+def guard_limit(questions: Iterable[str], factor: float | None) -> int | None:
+    """``max_query_words`` for a reranker trained on ``questions``: ``factor`` times the longest (rounded up);
+    ``None`` without a factor or without questions (no guard).
+
+    Example:
+        >>> guard_limit(["Who founded Rome?", "When was Rome founded by Romulus?"], 1.5)
+        9
+    """
+    longest = max(map(query_words, questions), default=0)
+    if factor is None or longest == 0:
+        return None
+    if factor < 1:
+        raise ConfigError(f"query_guard={factor} must be >= 1 (a multiple of the longest training question)")
+    return math.ceil(factor * longest)
 
 
 @dataclass(frozen=True)
@@ -70,6 +113,8 @@ class FusionChoice:
             ``alpha = 0``) or ``"not_enough_data"`` (fewer than ``min_queries`` questions: ``alpha = 0``).
         first_stage: the tuned first stage's fusion settings the weight was chosen with (``None``: the index's).
         chosen_on: where it was chosen (never on human labels).
+        max_query_words: the query guard: a query with more words (:func:`query_words`) is served by the first
+            stage alone; ``None``: no guard (files written before it existed, or a recipe without ``query_guard``).
     """
 
     alpha: float
@@ -86,6 +131,36 @@ class FusionChoice:
     status: str = "improved"
     first_stage: dict[str, Any] | None = None
     chosen_on: str = "synthetic validation split"
+    max_query_words: int | None = None
+
+    def alpha_for(self, query: str) -> float:
+        """The weight served for ``query``: ``alpha``, or 0 (the first stage alone) past the query guard.
+
+        Example:
+            >>> FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3).alpha_for("a b c d")
+            0.0
+        """
+        return 0.0 if self.guards(query) else self.alpha
+
+    def guards(self, query: str) -> bool:
+        """Whether ``query`` is past the query guard (longer than any question the reranker was trusted on)."""
+        return past_guard(query, self.max_query_words)
+
+    def guard_note(self, queries: Sequence[str], what: str = "of the queries") -> str | None:
+        """One line when the shipped fusion would serve some of ``queries`` (e.g. the user's example queries) by the
+        first stage alone, past the guard; ``None`` when none is, or when the reranker is not shipped anyway.
+
+        Example:
+            >>> c = FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3)
+            >>> c.guard_note(["a b", "a b c d e"], "of your example queries")[:45]
+            'QUERY GUARD: 1 of 2 of your example queries h'
+        """
+        n = sum(map(self.guards, queries))
+        if not self.improved or not n:
+            return None
+        return (f"QUERY GUARD: {n} of {len(queries)} {what} have more than {self.max_query_words} words, unlike "
+                "every question the reranker was trained on: the shipped system serves such queries by the first "
+                "stage alone")
 
     @property
     def candidate(self) -> float | None:
@@ -103,9 +178,12 @@ class FusionChoice:
         lo, hi = self.gain_ci95 or (0.0, 0.0)
         base = self.by_alpha.get("0", float("nan"))
         if self.status == "improved":
+            guard = ("" if self.max_query_words is None else
+                     f"; a query of more than {self.max_query_words} words, unlike any training question, is served "
+                     f"by the {first_stage} alone")
             return (f"IMPROVED: on {self.queries} validation questions the shipped system (the reranker fused at alpha "
                     f"{self.alpha:g} with the {first_stage}) scores {self.metric} {self.value:.4f} against {base:.4f} "
-                    f"for the {first_stage} alone ({self.gain:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}])")
+                    f"for the {first_stage} alone ({self.gain:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]){guard}")
         if self.status == "not_enough_data":
             return (f"NOT ENOUGH VALIDATION DATA: {self.queries} validation questions (fewer than "
                     f"{MIN_VALIDATION_QUERIES}) cannot show that the reranker helps, so the shipped system is the "
@@ -129,6 +207,7 @@ def choose_alpha(
     first_stage_settings: Mapping[str, Any] | None = None,
     rule: str | None = "best",
     n_bags: int = 1000,
+    max_query_words: int | None = None,
 ) -> FusionChoice:
     """The ``alpha`` of ``grid`` that ``rule`` picks on mean ``metric``, kept only if its gain over the first stage
     has a paired bootstrap CI that excludes 0 and there are at least ``min_queries`` questions.
@@ -144,6 +223,7 @@ def choose_alpha(
         first_stage_settings: the fusion settings of ``first_stage`` (recorded in ``fusion.json``).
         rule, n_bags: ``"best"`` or ``"bagged"`` (over ``n_bags`` resamples, seeded with ``seed``); see the module.
             ``None`` is ``"best"`` (a recipe's unset ``alpha_rule``: the only rule before rules existed).
+        max_query_words: the query guard recorded with the choice (:func:`guard_limit`; ``None``: none).
     """
     from rag_rerank.evaluate.metrics import per_query
     from rag_rerank.evaluate.significance import paired_bootstrap
@@ -179,7 +259,8 @@ def choose_alpha(
     choice = FusionChoice(alpha=alpha, metric=metric, value=value, by_alpha=by_alpha, queries=len(qids),
                           top_k=top_k, best_alpha=best_alpha, rule=rule, rule_alpha=picked, gain=gain,
                           gain_ci95=ci, status=status,
-                          first_stage=dict(first_stage_settings) if first_stage_settings else None)
+                          first_stage=dict(first_stage_settings) if first_stage_settings else None,
+                          max_query_words=max_query_words)
     logger.info("fusion (%s rule): alpha %.1f on %d validation questions (%s %.4f vs %.4f for the first stage, "
                 "%+.4f [%+.4f, %+.4f]; best alpha %.1f) -> %s, serving alpha %.1f", rule, picked, len(qids), metric,
                 by_alpha[f"{picked:g}"], by_alpha.get("0", float("nan")), gain, ci[0], ci[1], best_alpha, status,

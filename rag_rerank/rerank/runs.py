@@ -52,10 +52,12 @@ def score_candidates(
     return out
 
 
-def apply_scores(run: Run, heads: Mapping[str, Mapping[str, float]], top_k: int, alpha: float | None = None) -> Run:
+def apply_scores(run: Run, heads: Mapping[str, Mapping[str, float]], top_k: int,
+                 alpha: float | Mapping[str, float] | None = None) -> Run:
     """Reorder each query's top ``top_k`` by precomputed reranker scores (``alpha=None``) or by their fusion.
 
-    ``heads`` comes from :func:`score_candidates`; with ``alpha`` the order is :func:`interpolate_run`'s.
+    ``heads`` comes from :func:`score_candidates`; with ``alpha`` (one weight, or one per query) the order is
+    :func:`interpolate_run`'s.
     """
     if alpha is not None:
         return interpolate_run(run, heads, alpha, top_k)
@@ -80,8 +82,12 @@ def rerank_run(
                                               show_progress_bar=show_progress_bar), top_k)
 
 
-def interpolate_run(run: Run, rerank_scores: Mapping[str, Mapping[str, float]], alpha: float, top_k: int) -> Run:
+def interpolate_run(run: Run, rerank_scores: Mapping[str, Mapping[str, float]], alpha: float | Mapping[str, float],
+                    top_k: int) -> Run:
     """Fuse reranker and first-stage scores over each query's top ``top_k``: ``alpha*z(rr) + (1-alpha)*z(fs)``.
+
+    ``alpha`` is one weight, or ``{qid: weight}`` (a query guard serves some queries by the first stage alone:
+    :meth:`rag_rerank.rerank.fusion.FusionChoice.alpha_for`).
 
     ``z`` is the z-score over that query's ``top_k`` candidates (:func:`rag_rerank.retrieval.fusion.interpolate_scores`,
     the function the LlamaIndex postprocessor serves with). Deeper docs
@@ -91,10 +97,12 @@ def interpolate_run(run: Run, rerank_scores: Mapping[str, Mapping[str, float]], 
         >>> interpolate_run({"q": {"a": 3.0, "b": 2.0, "c": 1.0}}, {"q": {"a": 0.0, "b": 1.0}}, 0.9, 2)["q"]
         {'b': 3.0, 'a': 2.0, 'c': 1.0}
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha={alpha} must be in [0, 1] (1 = reranker only, 0 = first stage only)")
+    alphas = alpha if isinstance(alpha, Mapping) else dict.fromkeys(run, alpha)
+    for a in set(alphas.values()):
+        if not 0.0 <= a <= 1.0:
+            raise ConfigError(f"alpha={a} must be in [0, 1] (1 = reranker only, 0 = first stage only)")
     out: Run = {}
     for q, scores in run.items():
         cands = dict(ranked(dict(scores), top_k))
-        out[q] = _reorder(scores, interpolate_scores(cands, rerank_scores[q], alpha), top_k)
+        out[q] = _reorder(scores, interpolate_scores(cands, rerank_scores[q], alphas[q]), top_k)
     return out

@@ -10,6 +10,10 @@ by default, **the fused system that was measured**:
   ``rag-rerank evaluate`` measures with. A model without ``fusion.json`` (a hub id, an embedded base) is served
   alone. ``alpha=None`` always serves the reranker alone; a number in [0, 1] fixes the weight. A weight of 0 (the
   validation did not show a gain) serves the first stage's order, and the model is not run.
+- ``query_guard="auto"`` (default): the fused system serves a query longer than the ``fusion.json``'s
+  ``max_query_words`` (a multiple of the longest question the reranker was trained on; see
+  :mod:`rag_rerank.rerank.fusion`) by the retrieval order alone, without running the model, as ``evaluate``
+  measures it; an integer sets the limit, ``None`` fuses every query. The reranker served alone is never guarded.
 - the reranker scores each node's ``MetadataMode.EMBED`` content (like the built-in rerankers); with
   ``normalize=True`` (default) reranker scores are sigmoid probabilities in (0, 1), else raw logits (fusion always
   uses the sigmoid scores, as ``evaluate`` and the validation that chose alpha did);
@@ -34,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -52,6 +57,7 @@ except ImportError as e:  # pragma: no cover - llama-index-core is a core depend
     raise missing_extra("llama-index-core", "llamaindex") from e
 
 from rag_rerank.rerank.backends import BACKENDS
+from rag_rerank.rerank.fusion import load_fusion, past_guard
 from rag_rerank.rerank.reranker import Reranker, sigmoid
 from rag_rerank.retrieval.fusion import interpolate_scores
 
@@ -107,17 +113,24 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         default="auto", description=f"Inference backend: auto (the fastest at parity on this machine, measured once) "
                                     f"or one of {', '.join(BACKENDS)} (see rag_rerank.rerank)."
     )
+    query_guard: int | Literal["auto"] | None = Field(
+        default="auto",
+        description="Fused serving only: a query of more words is served in retrieval order; 'auto' = the model's "
+                    "fusion.json (none without one); None = fuse every query.",
+    )
     cache_size: int = Field(default=4096, ge=0, description="Score-cache entries (LRU); 0 disables it.")
     trust_remote_code: bool = Field(default=False, description="Whether to trust remote code when loading.")
 
     _reranker: Reranker = PrivateAttr()
     _alpha: float | None = PrivateAttr(default=None)
+    _guard: int | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         if self.backend not in (*BACKENDS, "auto"):
             raise ConfigError(f"backend={self.backend!r}: use 'auto' or one of {list(BACKENDS)}")
         self._alpha = self._resolve_alpha()
+        self._guard = self._resolve_guard()
         self._reranker = Reranker(
             self.model,
             backend=self.backend,
@@ -145,6 +158,21 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         if isinstance(alpha, str) or not 0.0 <= float(alpha) <= 1.0:
             raise ConfigError(f"alpha={alpha!r} must be in [0, 1], 'auto' or None")
         return float(alpha)
+
+    def _resolve_guard(self) -> int | None:
+        guard = self.query_guard
+        if guard == "auto":
+            saved = load_fusion(self.model) if Path(self.model).is_dir() else None
+            return saved.max_query_words if saved is not None else None
+        if guard is not None and (isinstance(guard, str) or guard < 1):
+            raise ConfigError(f"query_guard={guard!r} must be a number of words >= 1, 'auto' or None")
+        return guard
+
+    def alpha_for(self, query: str) -> float | None:
+        """The fusion weight served for ``query``: :attr:`fusion_alpha`, or 0 (retrieval order) past the guard."""
+        if self._alpha is not None and past_guard(query, self._guard):
+            return 0.0
+        return self._alpha
 
     @property
     def fusion_alpha(self) -> float | None:
@@ -181,14 +209,15 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
                 EventPayload.TOP_K: top_k,
             },
         ) as event:
-            if self._alpha == 0.0 and self.score_threshold is None:
-                # the shipped system is the first stage alone (fusion.json, alpha 0): do not score what is ignored
+            alpha = self.alpha_for(query_bundle.query_str)
+            if alpha == 0.0 and self.score_threshold is None:
+                # the first stage alone (fusion.json's alpha 0, or a query past the guard): do not score what is ignored
                 rerank_scores = [0.0] * len(nodes)
             else:
                 texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
                 raw = self._reranker.predict([(query_bundle.query_str, t) for t in texts])
                 rerank_scores = [float(s) for s in raw]
-            final = self._combine(rerank_scores, nodes)
+            final = self._combine(rerank_scores, nodes, alpha)
             keep = range(len(nodes))
             if self.score_threshold is not None:
                 keep = [i for i in keep if rerank_scores[i] >= self.score_threshold]
@@ -198,17 +227,17 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
 
-    def _combine(self, rerank_scores: list[float], nodes: list[NodeWithScore]) -> list[float]:
-        """The node score: the reranker score, or its fusion with the retrieval score (a missing one counts as
-        the lowest retrieval score of the call)."""
-        if self._alpha is None:
+    def _combine(self, rerank_scores: list[float], nodes: list[NodeWithScore], alpha: float | None) -> list[float]:
+        """The node score: the reranker score, or its fusion at ``alpha`` with the retrieval score (a missing one
+        counts as the lowest retrieval score of the call)."""
+        if alpha is None:
             return rerank_scores
         known = [n.score for n in nodes if n.score is not None]
         floor = min(known) if known else 0.0
         keys = [str(i) for i in range(len(nodes))]
         retrieval = {k: floor if n.score is None else float(n.score) for k, n in zip(keys, nodes, strict=True)}
         probs = rerank_scores if self.normalize else sigmoid(np.asarray(rerank_scores)).tolist()
-        fused = interpolate_scores(retrieval, dict(zip(keys, probs, strict=True)), self._alpha)
+        fused = interpolate_scores(retrieval, dict(zip(keys, probs, strict=True)), alpha)
         return [fused[k] for k in keys]
 
     def _output_node(self, original: NodeWithScore, score: float) -> NodeWithScore:
