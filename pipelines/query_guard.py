@@ -2,8 +2,8 @@
 
     python pipelines/query_guard.py \\
         --case squad=runs/squad_v6/default:../shared/data/squad/beir:1000 \\
-        --case arguana=runs/arguana_v6/default:../shared/data/arguana:500 \\
-        --case arguana_seed1=runs/arguana_seed1/default:../shared/data/arguana:500:1
+        --case arguana=runs/arguana_guard/default:../shared/data/arguana:500 \\
+        --case arguana_seed1=runs/arguana_guard_seed1/default:../shared/data/arguana:500:1
     # -> pipelines/results/query_guard.json
 
 For each case (``NAME=RUN:BEIR:SAMPLE[:SEED]``): the limit the default recipe's ``query_guard`` sets from the run's

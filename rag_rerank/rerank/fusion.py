@@ -88,12 +88,12 @@ def guard_limit(questions: Iterable[str], factor: float | None) -> int | None:
         >>> guard_limit(["Who founded Rome?", "When was Rome founded by Romulus?"], 1.5)
         9
     """
-    longest = max(map(query_words, questions), default=0)
-    if factor is None or longest == 0:
+    if factor is None:
         return None
     if factor < 1:
         raise ConfigError(f"query_guard={factor} must be >= 1 (a multiple of the longest training question)")
-    return math.ceil(factor * longest)
+    longest = max(map(query_words, questions), default=0)
+    return math.ceil(factor * longest) if longest else None
 
 
 @dataclass(frozen=True)

@@ -215,14 +215,14 @@ RECIPES: dict[str, Recipe] = {
 }
 RECIPES["v7"] = replace(
     RECIPES["default"], name="v7", query_guard=None,
-    description="The default before the query guard (kept to compare against; demo.json and arguana_seed1.json ran "
-                "it): as the default, but every query is served fused, however much longer than the training "
+    description="The default before the query guard (kept to compare against; demo.json and arguana_seed1_v7.json "
+                "ran it): as the default, but every query is served fused, however much longer than the training "
                 "questions.",
 )
 RECIPES["v6"] = replace(
     RECIPES["v7"], name="v6", fill_budget=None,
     description="The default before a time budget was filled by training (kept to compare against; "
-                "squad_headline.json, arguana.json, time_to_quality.json and demo_v6.json ran it): as the default, but "
+                "squad_headline.json, arguana_v6.json, time_to_quality.json and demo_v6.json ran it): as v7, but "
                 "with --budget-minutes a small corpus stops at its own length (the 60-step floor).",
 )
 RECIPES["v5"] = replace(
