@@ -340,3 +340,23 @@ def test_a_query_guard_serves_the_longer_queries_by_the_first_stage_and_the_repo
     assert run(None).settings["query_guard"] == {}
     md = (write_report(some, tmp_path / "rep")["markdown"]).read_text()
     assert f"{long} of {len(QUERIES)} queries have more than 5 words" in md
+
+
+def test_cli_evaluate_auto_applies_and_prints_the_models_query_guard(beir_dir: Path, index_dir: Path,
+                                                                     sharp_reranker: Reranker, tmp_path: Path) -> None:
+    from word_pairs import private_copy
+
+    from rag_rerank.rerank.fusion import FusionChoice, save_fusion
+
+    model = private_copy(Path(sharp_reranker.config.model), tmp_path / "m")
+    save_fusion(model, FusionChoice(alpha=0.5, metric="mrr@10", value=1.0, max_query_words=5))
+    res = CliRunner().invoke(main, ["-q", "evaluate", "--beir", str(beir_dir), "--index", str(index_dir),
+                                    "--reranker", str(model), "--name", "s", "--top-k", "3", "--depth", "8",
+                                    "--n-resamples", "200", "--out", str(tmp_path / "r")])  # --alpha auto
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    long = sum(len(q.split()) > 5 for q in QUERIES.values())
+    assert report["shipped_system"] == "hybrid+s@0.5"
+    assert report["settings"]["query_guard"] == {"s": {"max_query_words": 5, "guarded": long,
+                                                       "queries": len(QUERIES)}}
+    assert f"Query guard (s): {long} of {len(QUERIES)} queries have more than 5 words" in res.output

@@ -161,6 +161,9 @@ def evaluate_cmd(
     k = top_k
     click.echo(f"Ceiling: {result.ceiling['system']} recall@{k} = {result.ceiling[f'recall@{k}']:.4f} "
                f"({result.queries} queries)")
+    for name, g in result.settings.get("query_guard", {}).items():
+        click.echo(f"Query guard ({name}): {g['guarded']} of {g['queries']} queries have more than "
+                   f"{g['max_query_words']} words and are served by the first stage in the fused system")
     click.echo(f"Report written to {out_dir} in {result.wall_s:.1f}s", err=True)
 
 
