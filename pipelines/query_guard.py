@@ -27,7 +27,7 @@ import numpy as np
 from rag_rerank.evaluate.compare import sample_query_ids
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, load_beir, write_json
-from rag_rerank.rerank.fusion import guard_limit, load_fusion, query_words
+from rag_rerank.rerank.fusion import guard_limit, load_fusion, past_guard, query_words
 from rag_rerank.train.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def measure(run: Path, beir: Path, sample: int, seed: int, factor: float) -> dic
     return {"run": str(run), "real_queries": str(beir), "sample": sample, "seed": seed, "max_query_words": limit,
             "saved_max_query_words": saved.max_query_words if saved else None,
             "training_questions": _lengths(trained), "validation_questions": _lengths(validated),
-            "real": _lengths(real), "guarded": sum(query_words(t) > limit for t in real)}
+            "real": _lengths(real), "guarded": sum(past_guard(t, limit) for t in real)}
 
 
 def main() -> int:

@@ -127,7 +127,7 @@ def evaluate_cmd(
           --reranker models/ce-tuned --name tuned --sample 1000 --seed 0 --out reports/squad
     """
     from rag_rerank.evaluate.compare import REPORT_METRICS, evaluate_systems
-    from rag_rerank.evaluate.report import markdown_table, write_report
+    from rag_rerank.evaluate.report import markdown_table, query_guard_lines, write_report
     from rag_rerank.io import load_beir
 
     start = time.perf_counter()
@@ -161,9 +161,8 @@ def evaluate_cmd(
     k = top_k
     click.echo(f"Ceiling: {result.ceiling['system']} recall@{k} = {result.ceiling[f'recall@{k}']:.4f} "
                f"({result.queries} queries)")
-    for name, g in result.settings.get("query_guard", {}).items():
-        click.echo(f"Query guard ({name}): {g['guarded']} of {g['queries']} queries have more than "
-                   f"{g['max_query_words']} words and are served by the first stage in the fused system")
+    for line in query_guard_lines(result):
+        click.echo(line)
     click.echo(f"Report written to {out_dir} in {result.wall_s:.1f}s", err=True)
 
 

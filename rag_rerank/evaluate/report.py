@@ -13,7 +13,7 @@ from rag_rerank.io import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = ["markdown_table", "query_guard_lines", "write_report"]
 
 
 def _p(p: float) -> str:
@@ -45,6 +45,15 @@ def markdown_table(result: EvaluationResult) -> str:
     return out
 
 
+def query_guard_lines(result: EvaluationResult) -> list[str]:
+    """One line per guarded reranker: how many evaluated queries its fused system served by the first stage."""
+    reranked = result.settings.get("reranked_first_stage", "hybrid")
+    return [f"Query guard ({name}): {g['guarded']} of {g['queries']} queries have more than {g['max_query_words']} "
+            f"words, unlike any question the reranker was trained on; its fused system serves them in {reranked} "
+            "order (the reranker alone is not guarded)."
+            for name, g in (result.settings.get("query_guard") or {}).items()]
+
+
 def _name(result: EvaluationResult, system: str) -> str:
     return f"**{system}** (shipped)" if system == result.shipped_system else system
 
@@ -60,10 +69,8 @@ def _markdown_report(result: EvaluationResult) -> str:
                  f"Rerankers reorder the {reranked} top {k}; positives are not injected.")
     if result.shipped_system:
         lines += ["", f"**Shipped system**: `{result.shipped_system}` (what the adapted model serves)."]
-    for name, g in (s.get("query_guard") or {}).items():
-        lines += ["", f"**Query guard** (`{name}`): {g['guarded']} of {g['queries']} queries have more than "
-                      f"{g['max_query_words']} words, unlike any question the reranker was trained on; its fused "
-                      f"system serves them in {reranked} order (the reranker alone is not guarded)."]
+    for line in query_guard_lines(result):
+        lines += ["", line]
     if c:
         lines.append("")
         lines.append(f"**Ceiling**: {c.get('system', reranked)} recall@{k} = {c.get(f'recall@{k}', float('nan')):.4f}, "
