@@ -102,7 +102,7 @@ def _real(args: argparse.Namespace, preset: Preset, run: Any, data: tuple[dict, 
         build_index(corpus, real_index, bi_encoder=bi, cache_dir=cache_dir() / "embeddings")
     shown = fusion.alpha if fusion.improved else fusion.best_alpha
     key = {"model": str(run.reranker_dir), "fusion": fusion.alpha, "first_stage": fusion.first_stage,
-           "query_guard": fusion.max_query_words,
+           "query_guard": fusion.max_query_words, **({"query_form": fusion.query_form} if fusion.query_form else {}),
            "sample": size["eval_queries"], "seed": args.seed, "n_resamples": args.n_resamples, "bi_encoder": bi,
            "queries": len(queries)}
     saved = report_dir / "report.json"
@@ -111,7 +111,7 @@ def _real(args: argparse.Namespace, preset: Preset, run: Any, data: tuple[dict, 
     start = time.perf_counter()
     result = evaluate_systems(corpus, queries, qrels, index=load_index(real_index), index_dir=real_index,
                               rerankers={"reranker": str(run.reranker_dir)}, alpha={"reranker": shown},
-                              query_guard={"reranker": fusion.max_query_words},
+                              query_guard={"reranker": fusion.guard},
                               first_stage_tuned=fusion.first_stage, top_k=recipe.top_k, metrics=preset.metrics,
                               shipped_system=run.shipped_system, exclude_self=preset.exclude_self,
                               sample=size["eval_queries"], seed=args.seed, n_resamples=args.n_resamples)
@@ -192,8 +192,9 @@ def _one_run(args: argparse.Namespace, preset: Preset, name: str, work: Path, da
                 d.get("delta", 0), d.get("ci95"), t.get("delta", 0), t.get("ci95"))
     if out["query_guard"]:
         g = out["query_guard"]
-        logger.info("%s: the query guard served %d of %d real queries (more than %d words) by the tuned first stage",
-                    name, g["guarded"], g["queries"], g["max_query_words"])
+        logger.info("%s: the query guard served %d of %d real queries by the tuned first stage (more than %s words: "
+                    "%d; not a question: %d)", name, g["guarded"], g["queries"], g["max_query_words"],
+                    g.get("too_long", g["guarded"]), g.get("not_a_question", 0))
     return out
 
 

@@ -224,21 +224,29 @@ def test_the_default_recipe_warm_starts_a_new_head_never_longer_than_its_trainin
 
 
 def test_the_default_recipe_is_v3_with_an_evaluation_budget_and_v3_is_v2_with_the_positives_pool() -> None:
-    default, v7, v6, v5, v4, v3, v2 = (RECIPES[n].to_dict() for n in ("default", "v7", "v6", "v5", "v4", "v3", "v2"))
+    default, v8, v7, v6, v5, v4, v3, v2 = (RECIPES[n].to_dict()
+                                           for n in ("default", "v8", "v7", "v6", "v5", "v4", "v3", "v2"))
+    assert default.pop("question_guard") is True  # v8: the default before the question guard
+    assert {r.pop("question_guard") for r in (v8, v7, v6, v5, v4, v3, v2)} == {None}
+    for d in (default, v8):
+        d.pop("name"), d.pop("description")
+    assert default == v8
+    default = RECIPES["v8"].to_dict()  # from here on, each older default against the one after it
+    default.pop("question_guard")
     assert default.pop("query_guard") == 1.5  # v7: the default before the query guard
     assert {r.pop("query_guard") for r in (v7, v6, v5, v4, v3, v2)} == {None}
     for d in (default, v7):
         d.pop("name"), d.pop("description")
     assert default == v7
-    default = RECIPES["v7"].to_dict()  # from here on, each older default against the one after it
-    default.pop("query_guard")
+    default = RECIPES["v7"].to_dict()
+    default.pop("question_guard"), default.pop("query_guard")
     assert default.pop("fill_budget") is True  # v6: the default before a budget was filled with steps
     assert {r.pop("fill_budget") for r in (v6, v5, v4, v3, v2)} == {None}
     for d in (default, v6):
         d.pop("name"), d.pop("description")
     assert default == v6
     default = RECIPES["v6"].to_dict()
-    default.pop("query_guard"), default.pop("fill_budget")
+    default.pop("question_guard"), default.pop("query_guard"), default.pop("fill_budget")
     assert default["training"].pop("attention_dropout") == 0.0  # v5: the default before attention dropout was off
     assert {r["training"].pop("attention_dropout") for r in (v5, v4, v3, v2)} == {None}
     for d in (default, v5):
@@ -403,10 +411,12 @@ def test_the_budget_probe_times_the_chunks_not_the_llm_start(tmp_path: Path) -> 
 
 
 def test_the_shipped_fusion_carries_a_query_guard_from_the_training_questions(run) -> None:
-    """The default's query guard: 1.5 times the longest training or validation question, saved in fusion.json, the
-    same limit the test report applied (and the postprocessor serves: tests/test_llamaindex.py)."""
+    """The default's query guard: 1.5 times the longest training or validation question, and the question form
+    (every one of them reads as a question), saved in fusion.json, the same guard the test report applied (and the
+    postprocessor serves: tests/test_llamaindex.py)."""
     import math
 
+    from rag_rerank.generate.questions import reads_as_question
     from rag_rerank.generate.store import load_qa_dataset
     from rag_rerank.rerank.fusion import query_words
 
@@ -414,7 +424,9 @@ def test_the_shipped_fusion_carries_a_query_guard_from_the_training_questions(ru
     trained = [json.loads(line)["query"] for line in (run.reranker_dir / "train_groups.jsonl").open()]
     validated = list(dataset.split("validation")[1].values())
     expected = math.ceil(RECIPES["default"].query_guard * max(map(query_words, trained + validated)))
+    assert all(map(reads_as_question, trained + validated))  # the question filter's work
     assert load_fusion(run.reranker_dir).max_query_words == expected
+    assert load_fusion(run.reranker_dir).query_form == "question"
     guard = json.loads((run.report_dir / "report.json").read_text())["settings"]["query_guard"]
-    assert guard == {"reranker": {"max_query_words": expected, "guarded": 0,
-                                  "queries": len(dataset.split("test")[1])}}  # test questions are like training ones
+    assert guard == {"reranker": {"max_query_words": expected, "query_form": "question", "guarded": 0, "too_long": 0,
+                                  "not_a_question": 0, "queries": len(dataset.split("test")[1])}}  # like training

@@ -141,14 +141,43 @@ def test_the_query_guard_serves_a_query_longer_than_the_training_questions_by_th
     assert unguarded.alpha_for(" ".join(["word"] * 500)) == 0.4 and "words" not in unguarded.verdict()
 
 
+def test_a_reranker_trained_on_questions_only_serves_other_queries_by_the_first_stage() -> None:
+    from rag_rerank.rerank.fusion import FusionChoice, QueryGuard, guard_form
+
+    questions = ["Who founded Rome?", "In which year was Rome founded", "Is Rome older than Athens?"]
+    assert guard_form(questions, True) == "question"
+    assert guard_form(questions, None) is None and guard_form([], True) is None  # no recipe setting, no questions
+    assert guard_form([*questions, "Rome was founded by twins."], True) is None  # queries in another style: no form
+    choice = FusionChoice(alpha=0.4, metric="mrr@10", value=0.9, by_alpha={"0": 0.8}, queries=60, gain=0.1,
+                          gain_ci95=(0.05, 0.15), max_query_words=17, query_form="question")
+    served = {q: choice.alpha_for(q) for q in ["When did Rome fall", "rome fall date", "Rome fell in 476.",
+                                               "Explain why Rome fell", "why rome fell", "Did Rome fall?",
+                                               "What " + " ".join(["word"] * 17)]}
+    assert served == {"When did Rome fall": 0.4, "rome fall date": 0.0, "Rome fell in 476.": 0.0,
+                      "Explain why Rome fell": 0.0, "why rome fell": 0.4, "Did Rome fall?": 0.4,
+                      "What " + " ".join(["word"] * 17): 0.0}  # the last: 18 words
+    assert "more than 17 words, or not a question" in choice.verdict()
+    assert choice.guard == QueryGuard(17, "question") and QueryGuard(17, "question").counts(served) == {
+        "max_query_words": 17, "query_form": "question", "guarded": 4, "too_long": 1, "not_a_question": 3,
+        "queries": 7}
+    assert not QueryGuard() and QueryGuard(form="question").describe() == "not a question"
+    with pytest.raises(ValueError, match="query_form='keywords'"):
+        FusionChoice(alpha=0.4, metric="mrr@10", value=0.9, query_form="keywords")
+
+
 def test_the_guard_is_saved_with_the_choice_and_old_files_have_none(tmp_path: Path) -> None:
-    choice = choose_alpha(RUN, RR, {"q1": {"b": 1}}, top_k=3, min_queries=1, max_query_words=25)
+    choice = choose_alpha(RUN, RR, {"q1": {"b": 1}}, top_k=3, min_queries=1, max_query_words=25,
+                          query_form="question")
     save_fusion(tmp_path, choice)
     assert load_fusion(tmp_path).max_query_words == 25 and load_fusion(tmp_path) == choice
+    assert load_fusion(tmp_path).query_form == "question"
     old = json.loads((tmp_path / FUSION_FILE).read_text())
-    del old["max_query_words"]  # a fusion.json written before the guard existed
+    del old["max_query_words"], old["query_form"]  # a fusion.json written before the guards existed
     (tmp_path / FUSION_FILE).write_text(json.dumps(old))
-    assert load_fusion(tmp_path).max_query_words is None
+    assert load_fusion(tmp_path).max_query_words is None and load_fusion(tmp_path).query_form is None
+    (tmp_path / FUSION_FILE).write_text(json.dumps({**old, "query_form": "claims"}))  # edited by hand
+    with pytest.raises(ValueError, match="query_form='claims'"):
+        load_fusion(tmp_path)
 
 
 def test_a_per_query_alpha_fuses_some_queries_and_keeps_the_first_stage_order_of_others() -> None:
@@ -171,9 +200,14 @@ def test_the_guard_note_tells_a_user_whose_example_queries_are_past_the_guard() 
     shipped = FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3)
     examples = ["a b", "a b c d e", "a b c d e f"]
     assert shipped.guard_note(examples, "of your example queries") == (
-        "QUERY GUARD: 2 of 3 of your example queries have more than 3 words, unlike every question the reranker was "
-        "trained on: the shipped system serves such queries by the first stage alone")
+        "QUERY GUARD: 2 of 3 of your example queries are past the query guard (more than 3 words), unlike every "
+        "question the reranker was trained on: the shipped system serves such queries by the first stage alone")
     assert shipped.guard_note(["a b"]) is None  # none past it
     refused = FusionChoice(alpha=0.0, metric="mrr@10", value=0.8, status="no_gain", max_query_words=3)
     assert refused.guard_note(examples) is None  # the first stage is shipped anyway
     assert FusionChoice(alpha=0.5, metric="mrr@10", value=0.8).guard_note(examples) is None  # no guard
+    formed = FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3, query_form="question")
+    assert formed.guard_note(["Who is a?", "a b"], "of your example queries") == (
+        "QUERY GUARD: 1 of 2 of your example queries are past the query guard (more than 3 words, or not a "
+        "question), unlike every question the reranker was trained on: the shipped system serves such queries by the "
+        "first stage alone")

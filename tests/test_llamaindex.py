@@ -256,7 +256,7 @@ def test_default_serves_the_fused_system_evaluate_measures(sharp_ce_dir: Path, c
     fused = interpolate_run(first_stage, {"q": dict(zip(ids, rr, strict=True))}, 0.4, len(nodes))["q"]
     assert _ids(out) == sorted(ids, key=lambda d: -fused[d])
     assert _ids(out) != sorted(ids, key=lambda d: -rr[ids.index(d)])  # and not the reranker's order alone
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="rag_rerank"):  # whatever level an earlier CLI test (-q) left it at
         plain = RagRerankPostprocessor(model=str(sharp_ce_dir), device="cpu")
     assert plain.fusion_alpha is None and "no fusion.json" in caplog.text
     assert RagRerankPostprocessor(model=str(model), device="cpu", alpha=None).fusion_alpha is None
@@ -289,3 +289,11 @@ def test_a_query_past_the_guard_is_served_in_retrieval_order_without_running_the
     assert RagRerankPostprocessor(model=str(model), device="cpu", alpha=None).alpha_for(QUERY + " please") is None
     with pytest.raises(ValueError, match="query_guard"):
         RagRerankPostprocessor(model=str(model), device="cpu", query_guard=0)
+    save_fusion(model, FusionChoice(alpha=0.4, metric="mrr@10", value=1.0, max_query_words=limit,
+                                    query_form="question"))  # a reranker trained on questions only
+    formed = RagRerankPostprocessor(model=str(model), top_k=None, device="cpu")
+    assert formed.alpha_for(QUERY) == 0.4 and formed.alpha_for("apples market saturday") == 0.0
+    formed.reranker.predict = lambda *a, **k: calls.append(a) or []
+    out = formed.postprocess_nodes(_nodes(retrieval), query_str="apples market saturday")
+    assert not calls and _ids(out) == [f"n{i}" for i in sorted(range(len(retrieval)), key=lambda i: -retrieval[i])]
+    assert RagRerankPostprocessor(model=str(model), device="cpu", query_guard=None).alpha_for("apples") == 0.4

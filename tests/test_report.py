@@ -336,10 +336,42 @@ def test_a_query_guard_serves_the_longer_queries_by_the_first_stage_and_the_repo
     assert nobody.systems["hybrid+s"] == everyone.systems["hybrid+s"]  # the reranker alone is never guarded
     long = sum(len(q.split()) > 5 for q in QUERIES.values())
     assert 0 < long < len(QUERIES)
-    assert some.settings["query_guard"] == {"s": {"max_query_words": 5, "guarded": long, "queries": len(QUERIES)}}
+    assert some.settings["query_guard"] == {"s": {"max_query_words": 5, "query_form": None, "guarded": long,
+                                                  "too_long": long, "not_a_question": 0, "queries": len(QUERIES)}}
     assert run(None).settings["query_guard"] == {}
     md = (write_report(some, tmp_path / "rep")["markdown"]).read_text()
-    assert f"{long} of {len(QUERIES)} queries have more than 5 words" in md
+    assert f"{long} of {len(QUERIES)} queries have more than 5 words, unlike" in md
+
+
+def test_a_question_guard_serves_the_queries_that_are_not_questions_by_the_first_stage(
+        index_dir: Path, sharp_reranker, tmp_path: Path) -> None:
+    from rag_rerank.rerank.fusion import QueryGuard
+
+    index = load_index(index_dir)
+    keywords = {"q2": "plants light energy conversion", "q4": "The highest mountain is in the Himalayas."}
+    queries = {**QUERIES, **keywords}  # two that a reranker trained on questions has never seen the like of
+
+    def run(guard: QueryGuard, qs: dict[str, str] = queries) -> EvaluationResult:
+        return evaluate_systems(CORPUS, qs, QRELS, index=index, rerankers={"s": sharp_reranker}, top_k=3,
+                                depth=8, alpha=1.0, query_guard={"s": guard}, metrics=METRICS, n_resamples=200)
+
+    formed, off = run(QueryGuard(form="question")), run(QueryGuard())
+    assert formed.settings["query_guard"]["s"] == {"max_query_words": None, "query_form": "question", "guarded": 2,
+                                                   "too_long": 0, "not_a_question": 2, "queries": len(queries)}
+    assert off.systems["hybrid+s@1"] == off.systems["hybrid+s"]  # no guard: every query fused
+    assert formed.systems["hybrid+s"] == off.systems["hybrid+s"]  # the reranker alone is never guarded
+    statements = {q: keywords.get(q, t.rstrip("?").replace("Where is", "Find").replace("How do", "Explain how"))
+                  for q, t in QUERIES.items()}
+    statements = {q: t for q, t in statements.items() if not t.split()[0].lower().startswith(("wh", "how"))}
+    none_fused = run(QueryGuard(form="question"), statements)  # no query reads as a question: the first stage
+    assert none_fused.systems["hybrid+s@1"] == none_fused.systems["hybrid"]
+    both = run(QueryGuard(max_words=5, form="question"))
+    long = sum(len(t.split()) > 5 for t in queries.values())
+    g = both.settings["query_guard"]["s"]
+    assert (g["too_long"], g["not_a_question"]) == (long, 2 - sum(len(t.split()) > 5 for t in keywords.values()))
+    md = (write_report(both, tmp_path / "rep")["markdown"]).read_text()
+    assert (f"{g['guarded']} of {len(queries)} queries have more than 5 words ({long}) or do not read as a question "
+            f"({g['not_a_question']}), unlike") in md
 
 
 def test_cli_evaluate_auto_applies_and_prints_the_models_query_guard(beir_dir: Path, index_dir: Path,
@@ -357,6 +389,7 @@ def test_cli_evaluate_auto_applies_and_prints_the_models_query_guard(beir_dir: P
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     long = sum(len(q.split()) > 5 for q in QUERIES.values())
     assert report["shipped_system"] == "hybrid+s@0.5"
-    assert report["settings"]["query_guard"] == {"s": {"max_query_words": 5, "guarded": long,
+    assert report["settings"]["query_guard"] == {"s": {"max_query_words": 5, "query_form": None, "guarded": long,
+                                                       "too_long": long, "not_a_question": 0,
                                                        "queries": len(QUERIES)}}
     assert f"Query guard (s): {long} of {len(QUERIES)} queries have more than 5 words" in res.output

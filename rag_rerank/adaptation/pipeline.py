@@ -334,7 +334,7 @@ def _evaluate(run: RunFolder, recipe: Recipe, index_dir: str, first: FirstStageC
     shipped = f"{reranked}+reranker@{choice.alpha:g}" if choice.improved else reranked
     result = evaluate_systems(corpus, queries, qrels, index=load_index(index_dir), index_dir=index_dir,
                               rerankers={"reranker": str(served)}, alpha={"reranker": shown},
-                              query_guard={"reranker": choice.max_query_words},
+                              query_guard={"reranker": choice.guard},
                               first_stage_tuned=first.settings, top_k=recipe.top_k, shipped_system=shipped,
                               n_resamples=10000)
     result.command = "rag-rerank adapt"

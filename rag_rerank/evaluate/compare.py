@@ -23,7 +23,7 @@ from rag_rerank.errors import ConfigError, DataError
 from rag_rerank.evaluate.metrics import evaluate, gold_ranks, parse_metric, per_query, rank_histogram
 from rag_rerank.evaluate.result import EvaluationResult, compare
 from rag_rerank.evaluate.significance import paired_bootstrap
-from rag_rerank.rerank.fusion import TUNED, load_fusion, past_guard
+from rag_rerank.rerank.fusion import TUNED, QueryGuard, load_fusion
 from rag_rerank.rerank.runs import apply_scores, score_candidates
 from rag_rerank.types import Corpus, Qrels, Queries, Run
 
@@ -114,30 +114,30 @@ def _resolve_alphas(alpha: float | str | Mapping[str, float | None] | None,
     return alphas
 
 
-def _resolve_guards(guard: Mapping[str, int | None] | None, alpha: Any,
-                    rerankers: Mapping[str, Any]) -> dict[str, int | None]:
-    """``{reranker name: max_query_words or None}``; with ``alpha="auto"`` and no ``guard``, each model folder's
-    ``fusion.json`` gives it (the system the model ships)."""
+def _resolve_guards(guard: Mapping[str, QueryGuard | int | None] | None, alpha: Any,
+                    rerankers: Mapping[str, Any]) -> dict[str, QueryGuard]:
+    """``{reranker name: QueryGuard}`` (an integer is a length limit; ``None``: no guard); with ``alpha="auto"`` and
+    no ``guard``, each model folder's ``fusion.json`` gives it (the system the model ships)."""
     if guard is not None:
-        return {n: guard.get(n) for n in rerankers}
+        given = {n: guard.get(n) for n in rerankers}
+        return {n: g if isinstance(g, QueryGuard) else QueryGuard(max_words=g) for n, g in given.items()}
     if alpha != "auto":
-        return dict.fromkeys(rerankers)
+        return {n: QueryGuard() for n in rerankers}
     saved = {n: (None if hasattr(m, "predict") or not Path(str(m)).is_dir() else load_fusion(m))
              for n, m in rerankers.items()}
-    return {n: (c.max_query_words if c is not None else None) for n, c in saved.items()}
+    return {n: (c.guard if c is not None else QueryGuard()) for n, c in saved.items()}
 
 
-def _guarded_alphas(queries: Queries, alpha: float, limit: int | None) -> float | dict[str, float]:
-    """One weight, or one per query when a query guard serves the longer queries by the first stage alone."""
-    if limit is None:
+def _guarded_alphas(queries: Queries, alpha: float, guard: QueryGuard) -> float | dict[str, float]:
+    """One weight, or one per query when a query guard serves some queries by the first stage alone."""
+    if not guard:
         return alpha
-    return {q: (0.0 if past_guard(t, limit) else alpha) for q, t in queries.items()}
+    return {q: (0.0 if guard.fires(t) else alpha) for q, t in queries.items()}
 
 
-def _guard_counts(queries: Queries, guards: Mapping[str, int | None]) -> dict[str, dict[str, int]]:
-    """Per guarded reranker: its limit, and how many of the evaluated queries it served by the first stage."""
-    return {n: {"max_query_words": limit, "guarded": sum(past_guard(t, limit) for t in queries.values()),
-                "queries": len(queries)} for n, limit in guards.items() if limit is not None}
+def _guard_counts(queries: Queries, guards: Mapping[str, QueryGuard]) -> dict[str, dict[str, Any]]:
+    """Per guarded reranker: its limits, and how many of the evaluated queries it served by the first stage."""
+    return {n: g.counts(queries.values()) for n, g in guards.items() if g}
 
 
 def _drop_self(run: Run, depth: int) -> Run:
@@ -156,7 +156,7 @@ def evaluate_systems(
     top_k: int = 20,
     depth: int = 100,
     alpha: float | str | Mapping[str, float | None] | None = None,
-    query_guard: Mapping[str, int | None] | None = None,
+    query_guard: Mapping[str, QueryGuard | int | None] | None = None,
     first_stage_tuned: Mapping[str, Any] | None = None,
     extra_runs: Mapping[str, Run] | None = None,
     metrics: Sequence[str] = REPORT_METRICS,
@@ -180,8 +180,10 @@ def evaluate_systems(
         depth: docs retrieved per query by every first stage (recall@100 needs 100).
         alpha: the fusion weight, ``{name: alpha}`` per reranker, or ``"auto"`` (each model folder's
             ``fusion.json``); adds ``<first stage>+NAME@ALPHA`` = ``alpha*z(reranker) + (1-alpha)*z(first stage)``.
-        query_guard: ``{name: max_query_words}``: that fused system serves a query of more words by the first stage
-            alone (:mod:`rag_rerank.rerank.fusion`); ``None`` with ``alpha="auto"``: each model's ``fusion.json``.
+        query_guard: ``{name: QueryGuard}`` (or an integer, ``max_query_words``): that fused system serves a query
+            the guard fires on (too long, or not a question when the reranker knows only questions) by the first
+            stage alone (:mod:`rag_rerank.rerank.fusion`); ``None`` with ``alpha="auto"``: each model's
+            ``fusion.json``.
             The reranker alone is never guarded (it shows what the guard keeps away).
         first_stage_tuned: fusion settings of the hybrid chosen on synthetic validation (``fusion``, ``norm``,
             ``weights``, ...; see :meth:`HybridRetriever.with_fusion`): adds the system ``first_stage_tuned``, which

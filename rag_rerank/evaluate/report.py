@@ -48,10 +48,20 @@ def markdown_table(result: EvaluationResult) -> str:
 def query_guard_lines(result: EvaluationResult) -> list[str]:
     """One line per guarded reranker: how many evaluated queries its fused system served by the first stage."""
     reranked = result.settings.get("reranked_first_stage", "hybrid")
-    return [f"Query guard ({name}): {g['guarded']} of {g['queries']} queries have more than {g['max_query_words']} "
-            f"words, unlike any question the reranker was trained on; its fused system serves them in {reranked} "
-            "order (the reranker alone is not guarded)."
+    return [f"Query guard ({name}): {g['guarded']} of {g['queries']} queries have {_guarded_what(g)}, unlike any "
+            f"question the reranker was trained on; its fused system serves them in {reranked} order (the reranker "
+            "alone is not guarded)."
             for name, g in (result.settings.get("query_guard") or {}).items()]
+
+
+def _guarded_what(g: dict) -> str:
+    """What a guard's counts served by the first stage: ``more than 44 words``, or both limits with their counts."""
+    parts = [] if g.get("max_query_words") is None else [f"more than {g['max_query_words']} words"]
+    if g.get("query_form") == "question":
+        parts.append("do not read as a question")
+    if len(parts) == 2:
+        parts = [f"{parts[0]} ({g['too_long']})", f"{parts[1]} ({g['not_a_question']})"]
+    return " or ".join(parts)
 
 
 def _name(result: EvaluationResult, system: str) -> str:

@@ -163,7 +163,18 @@ def parse_questions(text: str, *, by_line: bool = False) -> list[str]:
     return out
 
 
-def _is_question(q: str) -> bool:
+def reads_as_question(text: str) -> bool:
+    """Whether ``text`` reads as a question: it ends with ``?``, or starts with a WH-word or an auxiliary verb.
+
+    The question filter keeps only such texts (without query examples), and the query guard
+    (:mod:`rag_rerank.rerank.fusion`) serves a query that fails it by the first stage alone when the reranker was
+    trained and validated on questions only.
+
+    Example:
+        >>> reads_as_question("who founded Rome"), reads_as_question("Rome was founded by twins.")
+        (True, False)
+    """
+    q = " ".join(text.split())
     low = q.lower()
     if q.endswith("?"):
         return True
@@ -210,7 +221,7 @@ def question_problem(question: str, chunk_text: str, config: FilterConfig | None
     """
     cfg = config or FilterConfig()
     words = _words(question)
-    if cfg.require_question and not _is_question(question):
+    if cfg.require_question and not reads_as_question(question):
         return "not_a_question"
     if _latin_ratio(chunk_text) > 0.9 and _latin_ratio(question) < 0.6:
         return "wrong_language"

@@ -14,7 +14,11 @@ exclude 0, the shipped weight is 0: the reranker is not trusted, and the system 
 there are an extrapolation that validation cannot check (every validation question is as short as the training
 ones). With ``max_query_words`` set (the recipe's ``query_guard`` times the longest question it was trained or
 validated on), a longer query is served by the first stage alone (:meth:`FusionChoice.alpha_for`). Words are
-whitespace-separated tokens (:func:`query_words`).
+whitespace-separated tokens (:func:`query_words`). The same holds for the queries' form: with ``query_form`` set to
+``"question"`` (every training and validation query read as a question, as the default question filter makes them;
+:func:`guard_form`), a query that does not read as one (a claim, a keyword query, an instruction;
+:func:`rag_rerank.generate.questions.reads_as_question`) is served by the first stage alone too. Both limits are one
+:class:`QueryGuard`.
 
 Two rules pick the alpha (:data:`RULES`):
 
@@ -44,14 +48,16 @@ from typing import Any
 import numpy as np
 
 from rag_rerank.errors import ConfigError, DataError
+from rag_rerank.generate.questions import reads_as_question
 from rag_rerank.io import read_json, write_json
 from rag_rerank.rerank.runs import interpolate_run
 from rag_rerank.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "RULES", "TUNED", "FusionChoice", "bagged_alpha",
-           "choose_alpha", "guard_limit", "load_fusion", "past_guard", "query_words", "save_fusion", "saved_alpha"]
+__all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "RULES", "TUNED", "FusionChoice", "QueryGuard",
+           "bagged_alpha", "choose_alpha", "guard_form", "guard_limit", "load_fusion", "past_guard", "query_words",
+           "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 FUSION_FILE = "fusion.json"
@@ -96,6 +102,73 @@ def guard_limit(questions: Iterable[str], factor: float | None) -> int | None:
     return math.ceil(factor * longest) if longest else None
 
 
+def guard_form(questions: Iterable[str], on: bool | None) -> str | None:
+    """``query_form`` for a reranker trained and validated on ``questions``: ``"question"`` when ``on`` and every one
+    reads as a question (:func:`rag_rerank.generate.questions.reads_as_question`); ``None`` otherwise (no form
+    guard: off, no questions, or queries in another style, e.g. from ``--query-examples``).
+
+    Example:
+        >>> guard_form(["Who founded Rome?", "When was Rome founded?"], True)
+        'question'
+        >>> guard_form(["Who founded Rome?", "Rome was founded by twins."], True) is None
+        True
+    """
+    questions = list(questions)
+    return "question" if on and questions and all(map(reads_as_question, questions)) else None
+
+
+@dataclass(frozen=True)
+class QueryGuard:
+    """Which queries a fused system serves by the first stage alone: those unlike every query the reranker was
+    trained and validated on, so that validation could not vouch for its scores there.
+
+    Attributes:
+        max_words: a query with more words (:func:`query_words`) is guarded; ``None``: no length limit.
+        form: ``"question"``: a query that does not read as a question is guarded; ``None``: no form limit.
+
+    Example:
+        >>> g = QueryGuard(max_words=5, form="question")
+        >>> g.reason("Who founded Rome?"), g.reason("rome founding"), g.reason("Who founded Rome and why and when?")
+        (None, 'not_a_question', 'too_long')
+    """
+
+    max_words: int | None = None
+    form: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.form not in (None, "question"):
+            raise ConfigError(f"query_form={self.form!r}: expected 'question' or None")
+
+    def __bool__(self) -> bool:
+        return self.max_words is not None or self.form is not None
+
+    def reason(self, query: str) -> str | None:
+        """``"too_long"``, ``"not_a_question"``, or ``None`` when the query is served fused."""
+        if past_guard(query, self.max_words):
+            return "too_long"
+        if self.form == "question" and not reads_as_question(query):
+            return "not_a_question"
+        return None
+
+    def fires(self, query: str) -> bool:
+        """Whether ``query`` is served by the first stage alone."""
+        return self.reason(query) is not None
+
+    def describe(self) -> str:
+        """What it guards, as a phrase: "more than 44 words, or not a question"."""
+        parts = ([] if self.max_words is None else [f"more than {self.max_words} words"]) + (
+            [] if self.form is None else ["not a question"])
+        return ", or ".join(parts) or "nothing"
+
+    def counts(self, queries: Iterable[str]) -> dict[str, Any]:
+        """``{"max_query_words", "query_form", "guarded", "too_long", "not_a_question", "queries"}`` over
+        ``queries`` (what reports record)."""
+        reasons = [self.reason(q) for q in queries]
+        return {"max_query_words": self.max_words, "query_form": self.form,
+                "guarded": sum(r is not None for r in reasons), "too_long": reasons.count("too_long"),
+                "not_a_question": reasons.count("not_a_question"), "queries": len(reasons)}
+
+
 @dataclass(frozen=True)
 class FusionChoice:
     """The shipped ``alpha`` (1 = reranker only, 0 = first stage only), and why.
@@ -115,6 +188,9 @@ class FusionChoice:
         chosen_on: where it was chosen (never on human labels).
         max_query_words: the query guard: a query with more words (:func:`query_words`) is served by the first
             stage alone; ``None``: no guard (files written before it existed, or a recipe without ``query_guard``).
+        query_form: ``"question"``: a query that does not read as a question is served by the first stage alone
+            (:func:`guard_form`); ``None``: no form guard (files written before it existed, a recipe without
+            ``question_guard``, or training queries in another style).
     """
 
     alpha: float
@@ -132,6 +208,15 @@ class FusionChoice:
     first_stage: dict[str, Any] | None = None
     chosen_on: str = "synthetic validation split"
     max_query_words: int | None = None
+    query_form: str | None = None
+
+    def __post_init__(self) -> None:
+        QueryGuard(self.max_query_words, self.query_form)  # checks the form (a hand-edited fusion.json)
+
+    @property
+    def guard(self) -> QueryGuard:
+        """The query guard recorded with the choice."""
+        return QueryGuard(self.max_query_words, self.query_form)
 
     def alpha_for(self, query: str) -> float:
         """The weight served for ``query``: ``alpha``, or 0 (the first stage alone) past the query guard.
@@ -143,8 +228,9 @@ class FusionChoice:
         return 0.0 if self.guards(query) else self.alpha
 
     def guards(self, query: str) -> bool:
-        """Whether ``query`` is past the query guard (longer than any question the reranker was trusted on)."""
-        return past_guard(query, self.max_query_words)
+        """Whether ``query`` is past the query guard (longer than any question the reranker was trusted on, or not
+        a question when it was trusted on questions only)."""
+        return self.guard.fires(query)
 
     def guard_note(self, queries: Sequence[str], what: str = "of the queries") -> str | None:
         """One line when the shipped fusion would serve some of ``queries`` (e.g. the user's example queries) by the
@@ -158,9 +244,9 @@ class FusionChoice:
         n = sum(map(self.guards, queries))
         if not self.improved or not n:
             return None
-        return (f"QUERY GUARD: {n} of {len(queries)} {what} have more than {self.max_query_words} words, unlike "
-                "every question the reranker was trained on: the shipped system serves such queries by the first "
-                "stage alone")
+        return (f"QUERY GUARD: {n} of {len(queries)} {what} are past the query guard ({self.guard.describe()}), "
+                "unlike every question the reranker was trained on: the shipped system serves such queries by the "
+                "first stage alone")
 
     @property
     def candidate(self) -> float | None:
@@ -178,9 +264,9 @@ class FusionChoice:
         lo, hi = self.gain_ci95 or (0.0, 0.0)
         base = self.by_alpha.get("0", float("nan"))
         if self.status == "improved":
-            guard = ("" if self.max_query_words is None else
-                     f"; a query of more than {self.max_query_words} words, unlike any training question, is served "
-                     f"by the {first_stage} alone")
+            guard = ("" if not self.guard else
+                     f"; a query past the query guard ({self.guard.describe()}), unlike any training question, "
+                     f"is served by the {first_stage} alone")
             return (f"IMPROVED: on {self.queries} validation questions the shipped system (the reranker fused at alpha "
                     f"{self.alpha:g} with the {first_stage}) scores {self.metric} {self.value:.4f} against {base:.4f} "
                     f"for the {first_stage} alone ({self.gain:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]){guard}")
@@ -208,6 +294,7 @@ def choose_alpha(
     rule: str | None = "best",
     n_bags: int = 1000,
     max_query_words: int | None = None,
+    query_form: str | None = None,
 ) -> FusionChoice:
     """The ``alpha`` of ``grid`` that ``rule`` picks on mean ``metric``, kept only if its gain over the first stage
     has a paired bootstrap CI that excludes 0 and there are at least ``min_queries`` questions.
@@ -223,7 +310,8 @@ def choose_alpha(
         first_stage_settings: the fusion settings of ``first_stage`` (recorded in ``fusion.json``).
         rule, n_bags: ``"best"`` or ``"bagged"`` (over ``n_bags`` resamples, seeded with ``seed``); see the module.
             ``None`` is ``"best"`` (a recipe's unset ``alpha_rule``: the only rule before rules existed).
-        max_query_words: the query guard recorded with the choice (:func:`guard_limit`; ``None``: none).
+        max_query_words, query_form: the query guard recorded with the choice (:func:`guard_limit`,
+            :func:`guard_form`; ``None``: none).
     """
     from rag_rerank.evaluate.metrics import per_query
     from rag_rerank.evaluate.significance import paired_bootstrap
@@ -260,7 +348,7 @@ def choose_alpha(
                           top_k=top_k, best_alpha=best_alpha, rule=rule, rule_alpha=picked, gain=gain,
                           gain_ci95=ci, status=status,
                           first_stage=dict(first_stage_settings) if first_stage_settings else None,
-                          max_query_words=max_query_words)
+                          max_query_words=max_query_words, query_form=query_form)
     logger.info("fusion (%s rule): alpha %.1f on %d validation questions (%s %.4f vs %.4f for the first stage, "
                 "%+.4f [%+.4f, %+.4f]; best alpha %.1f) -> %s, serving alpha %.1f", rule, picked, len(qids), metric,
                 by_alpha[f"{picked:g}"], by_alpha.get("0", float("nan")), gain, ci[0], ci[1], best_alpha, status,

@@ -24,7 +24,15 @@ from typing import Any
 from rag_rerank.errors import ConfigError, DataError
 from rag_rerank.generate.store import QADataset, load_qa_dataset
 from rag_rerank.io import iter_jsonl, write_jsonl
-from rag_rerank.rerank.fusion import MIN_VALIDATION_QUERIES, TUNED, FusionChoice, choose_alpha, guard_limit, save_fusion
+from rag_rerank.rerank.fusion import (
+    MIN_VALIDATION_QUERIES,
+    TUNED,
+    FusionChoice,
+    choose_alpha,
+    guard_form,
+    guard_limit,
+    save_fusion,
+)
 from rag_rerank.train.config import RerankerTrainingConfig, TrainResult, warm_start_applies
 from rag_rerank.train.distributed import is_main_process
 from rag_rerank.train.groups import add_prior_scores, add_teacher_scores, build_groups, prior_scores
@@ -168,17 +176,18 @@ def eval_samples(dataset: QADataset, index: Any, split: str = "validation", top_
 def choose_fusion(model_dir: str | os.PathLike, queries: Queries, qrels: Any, corpus: Any, run: Run,
                   top_k: int = 20, *, min_queries: int = MIN_VALIDATION_QUERIES,
                   first_stage: Mapping[str, Any] | None = None, show_progress_bar: bool | None = None,
-                  rule: str | None = "best", max_query_words: int | None = None) -> FusionChoice:
+                  rule: str | None = "best", max_query_words: int | None = None,
+                  query_form: str | None = None) -> FusionChoice:
     """Score the validation candidates with the trained model, choose the fusion alpha (by ``rule``), save
-    ``fusion.json`` (with the query guard ``max_query_words``) and put the shipped system's verdict at the top of
-    the model card."""
+    ``fusion.json`` (with the query guard ``max_query_words`` and ``query_form``) and put the shipped system's verdict
+    at the top of the model card."""
     from rag_rerank.rerank.reranker import Reranker
     from rag_rerank.rerank.runs import score_candidates
 
     heads = score_candidates(run, queries, corpus, Reranker(str(model_dir)), top_k,
                              show_progress_bar=show_progress_bar)
     choice = choose_alpha(run, heads, qrels, top_k=top_k, min_queries=min_queries, first_stage_settings=first_stage,
-                          rule=rule, max_query_words=max_query_words)
+                          rule=rule, max_query_words=max_query_words, query_form=query_form)
     save_fusion(model_dir, choice)
     set_shipped_verdict(model_dir, choice.verdict(TUNED if first_stage else "hybrid"))
     return choice
@@ -291,9 +300,11 @@ def finetune(
     result = train_reranker(base_model, rows, out_dir=out_dir, config=cfg, eval_samples=samples or None,
                             command=command, callbacks=callbacks)
     if samples and fusion and is_main_process():
-        limit = guard_limit([r["query"] for r in rows] + list(val[0].values()), recipe.query_guard)
+        seen = [r["query"] for r in rows] + list(val[0].values())
         choice = choose_fusion(out_dir, *val, top_k=top_k, min_queries=recipe.min_val_queries, first_stage=first_stage,
-                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule, max_query_words=limit)
+                               show_progress_bar=show_progress_bar, rule=recipe.alpha_rule,
+                               max_query_words=guard_limit(seen, recipe.query_guard),
+                               query_form=guard_form(seen, recipe.question_guard))
         result = replace(result, fusion_alpha=choice.alpha, fusion=choice,
                          shipped_verdict=choice.verdict(TUNED if first_stage else "hybrid"))
     return result

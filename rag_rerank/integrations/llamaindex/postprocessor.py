@@ -12,8 +12,10 @@ by default, **the fused system that was measured**:
   validation did not show a gain) serves the first stage's order, and the model is not run.
 - ``query_guard="auto"`` (default): the fused system serves a query longer than the ``fusion.json``'s
   ``max_query_words`` (a multiple of the longest question the reranker was trained on; see
-  :mod:`rag_rerank.rerank.fusion`) by the retrieval order alone, without running the model, as ``evaluate``
-  measures it; an integer sets the limit, ``None`` fuses every query. The reranker served alone is never guarded.
+  :mod:`rag_rerank.rerank.fusion`), and, when its ``query_form`` is ``"question"`` (the reranker was trained and
+  validated on questions only), a query that does not read as a question, by the retrieval order alone, without
+  running the model, as ``evaluate`` measures it; an integer sets a length limit only, ``None`` fuses every query.
+  The reranker served alone is never guarded.
 - the reranker scores each node's ``MetadataMode.EMBED`` content (like the built-in rerankers); with
   ``normalize=True`` (default) reranker scores are sigmoid probabilities in (0, 1), else raw logits (fusion always
   uses the sigmoid scores, as ``evaluate`` and the validation that chose alpha did);
@@ -57,7 +59,7 @@ except ImportError as e:  # pragma: no cover - llama-index-core is a core depend
     raise missing_extra("llama-index-core", "llamaindex") from e
 
 from rag_rerank.rerank.backends import BACKENDS
-from rag_rerank.rerank.fusion import load_fusion, past_guard
+from rag_rerank.rerank.fusion import QueryGuard, load_fusion
 from rag_rerank.rerank.reranker import Reranker, sigmoid
 from rag_rerank.retrieval.fusion import interpolate_scores
 
@@ -116,14 +118,15 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     query_guard: int | Literal["auto"] | None = Field(
         default="auto",
         description="Fused serving only: a query of more words is served in retrieval order; 'auto' = the model's "
-                    "fusion.json (none without one); None = fuse every query.",
+                    "fusion.json (its length limit, and, when the reranker was trained on questions only, a query "
+                    "that does not read as a question; none without one); None = fuse every query.",
     )
     cache_size: int = Field(default=4096, ge=0, description="Score-cache entries (LRU); 0 disables it.")
     trust_remote_code: bool = Field(default=False, description="Whether to trust remote code when loading.")
 
     _reranker: Reranker = PrivateAttr()
     _alpha: float | None = PrivateAttr(default=None)
-    _guard: int | None = PrivateAttr(default=None)
+    _guard: QueryGuard = PrivateAttr(default_factory=QueryGuard)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -159,18 +162,18 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
             raise ConfigError(f"alpha={alpha!r} must be in [0, 1], 'auto' or None")
         return float(alpha)
 
-    def _resolve_guard(self) -> int | None:
+    def _resolve_guard(self) -> QueryGuard:
         guard = self.query_guard
         if guard == "auto":
             saved = load_fusion(self.model) if Path(self.model).is_dir() else None
-            return saved.max_query_words if saved is not None else None
+            return saved.guard if saved is not None else QueryGuard()
         if guard is not None and (isinstance(guard, str) or guard < 1):
             raise ConfigError(f"query_guard={guard!r} must be a number of words >= 1, 'auto' or None")
-        return guard
+        return QueryGuard(max_words=guard)
 
     def alpha_for(self, query: str) -> float | None:
         """The fusion weight served for ``query``: :attr:`fusion_alpha`, or 0 (retrieval order) past the guard."""
-        if self._alpha is not None and past_guard(query, self._guard):
+        if self._alpha is not None and self._guard.fires(query):
             return 0.0
         return self._alpha
 
