@@ -35,6 +35,7 @@ import numpy as np
 from rag_rerank.evaluate.compare import evaluate_systems, sample_query_ids
 from rag_rerank.generate.store import load_qa_dataset
 from rag_rerank.io import iter_jsonl, load_beir, write_json
+from rag_rerank.rerank.backends.auto import machine_info
 from rag_rerank.rerank.fusion import QueryGuard, guard_form, guard_limit, load_fusion, query_words
 from rag_rerank.retrieval.store import load_index
 from rag_rerank.train.recipes import get_recipe
@@ -65,11 +66,9 @@ def _evaluate(run: Path, beir: tuple[dict, dict, dict], sample: int, seed: int, 
                               metrics=METRICS, exclude_self=bool(set(queries) & set(corpus)), sample=sample,
                               seed=seed, show_progress_bar=True)
     out = {"alpha": shown, "fusion_status": fusion.status, "exclude_self": result.settings["exclude_self"],
-           "systems": result.systems, "query_guard": result.settings["query_guard"], "vs_first_stage_tuned": {}}
-    for key, by_metric in result.delta.items():
-        if key.endswith("_vs_first_stage_tuned"):
-            out["vs_first_stage_tuned"][key.removesuffix("_vs_first_stage_tuned")] = {
-                m: {"delta": d.delta, "ci95": list(d.ci95)} for m, d in by_metric.items()}
+           "systems": result.systems, "query_guard": result.settings["query_guard"],
+           "delta": {key: {m: {"delta": d.delta, "ci95": list(d.ci95)} for m, d in by_metric.items()}
+                     for key, by_metric in result.delta.items()}}
     return out
 
 
@@ -116,10 +115,11 @@ def main() -> int:
         print(name, json.dumps({k: cases[name][k] for k in ("max_query_words", "query_form", "guarded", "too_long",
                                                             "not_a_question", "sample")}))
         if args.evaluate:
-            print(name, json.dumps(cases[name]["evaluation"]["vs_first_stage_tuned"]))
+            ev = cases[name]["evaluation"]
+            print(name, json.dumps({k: v for k, v in ev["delta"].items() if "@" in k}))
     command = "python " + " ".join(shlex.quote(a) for a in ["pipelines/query_guard.py", *sys.argv[1:]])
     write_json(args.out, {"command": command, "recipe": args.recipe, "query_guard": recipe.query_guard,
-                          "question_guard": recipe.question_guard, "cases": cases,
+                          "question_guard": recipe.question_guard, "cases": cases, "machine": machine_info(),
                           "note": "Words are whitespace-separated tokens. guarded: real queries that the fused "
                                   "system serves by the tuned first stage: too_long (more than max_query_words) or "
                                   "not_a_question (query_form 'question': the reranker was trained and validated on "

@@ -297,3 +297,30 @@ def test_a_query_past_the_guard_is_served_in_retrieval_order_without_running_the
     out = formed.postprocess_nodes(_nodes(retrieval), query_str="apples market saturday")
     assert not calls and _ids(out) == [f"n{i}" for i in sorted(range(len(retrieval)), key=lambda i: -retrieval[i])]
     assert RagRerankPostprocessor(model=str(model), device="cpu", query_guard=None).alpha_for("apples") == 0.4
+
+
+def test_the_postprocessor_counts_what_the_guard_did_and_warns_once_when_it_serves_most_queries(
+        sharp_ce_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from rag_rerank.integrations.llamaindex.postprocessor import GUARD_WARN_AFTER
+    from rag_rerank.rerank.fusion import FusionChoice, save_fusion
+
+    model = tmp_path / "ce"
+    shutil.copytree(sharp_ce_dir, model)
+    save_fusion(model, FusionChoice(alpha=0.4, metric="mrr@10", value=1.0, max_query_words=8, query_form="question"))
+    pp = RagRerankPostprocessor(model=str(model), top_k=2, device="cpu")
+    retrieval = [3.0, 1.0, 2.5]
+    with caplog.at_level("WARNING", logger="rag_rerank"):
+        pp.postprocess_nodes(_nodes(retrieval), query_str=QUERY)  # fused
+        pp.postprocess_nodes(_nodes(retrieval), query_str=QUERY + " and on sunday and on monday too")  # too long
+        for i in range(GUARD_WARN_AFTER):
+            pp.postprocess_nodes(_nodes(retrieval), query_str=f"apples market {i}")  # not questions
+    info = pp.guard_info()
+    assert info == {"max_query_words": 8, "query_form": "question", "queries": GUARD_WARN_AFTER + 2,
+                    "guarded": GUARD_WARN_AFTER + 1, "too_long": 1, "not_a_question": GUARD_WARN_AFTER}
+    warnings = [r.getMessage() for r in caplog.records if "query guard served" in r.getMessage()]
+    assert len(warnings) == 1 and "--query-examples" in warnings[0]  # once, not on every query after
+    alone = RagRerankPostprocessor(model=str(model), top_k=2, device="cpu", alpha=None)
+    alone.postprocess_nodes(_nodes(retrieval), query_str="apples market")
+    assert alone.guard_info()["queries"] == 0  # the reranker alone is never guarded

@@ -15,7 +15,8 @@ by default, **the fused system that was measured**:
   :mod:`rag_rerank.rerank.fusion`), and, when its ``query_form`` is ``"question"`` (the reranker was trained and
   validated on questions only), a query that does not read as a question, by the retrieval order alone, without
   running the model, as ``evaluate`` measures it; an integer sets a length limit only, ``None`` fuses every query.
-  The reranker served alone is never guarded.
+  The reranker served alone is never guarded. :meth:`RagRerankPostprocessor.guard_info` counts what the guard did,
+  and a warning says so once when it serves most queries (the reranker is then mostly idle: ``--query-examples``).
 - the reranker scores each node's ``MetadataMode.EMBED`` content (like the built-in rerankers); with
   ``normalize=True`` (default) reranker scores are sigmoid probabilities in (0, 1), else raw logits (fusion always
   uses the sigmoid scores, as ``evaluate`` and the validation that chose alpha did);
@@ -40,6 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +68,10 @@ from rag_rerank.rerank.reranker import Reranker, sigmoid
 from rag_rerank.retrieval.fusion import interpolate_scores
 
 dispatcher = get_dispatcher(__name__)
+logger = logging.getLogger(__name__)
+# after this many fused queries, a guard that has served more than this share of them by the retrieval order is
+# logged once: the reranker is mostly idle, and --query-examples can train one for queries like these
+GUARD_WARN_AFTER, GUARD_WARN_SHARE = 20, 0.5
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 
@@ -127,6 +135,8 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     _reranker: Reranker = PrivateAttr()
     _alpha: float | None = PrivateAttr(default=None)
     _guard: QueryGuard = PrivateAttr(default_factory=QueryGuard)
+    _guard_seen: Counter = PrivateAttr(default_factory=Counter)
+    _guard_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -177,6 +187,43 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
             return 0.0
         return self._alpha
 
+    def guard_info(self) -> dict[str, Any]:
+        """What the query guard did to the queries served fused so far: ``{"max_query_words", "query_form",
+        "queries", "guarded", "too_long", "not_a_question"}`` (counts stay 0 unless the reranker is served fused with
+        a guard). Logged once as a warning when more than half of the first 20 or more were guarded.
+
+        Example:
+            >>> pp.guard_info()  # doctest: +SKIP
+            {'max_query_words': 51, 'query_form': 'question', 'queries': 40, 'guarded': 31, 'too_long': 0, ...}
+        """
+        with self._guard_lock:
+            seen = dict(self._guard_seen)
+        reasons = {r: seen.get(r, 0) for r in ("too_long", "not_a_question")}
+        return {"max_query_words": self._guard.max_words, "query_form": self._guard.form,
+                "queries": seen.get("queries", 0), "guarded": sum(reasons.values()), **reasons}
+
+    def _count_guard(self, query: str) -> None:
+        """Count a fused query by what the guard did to it; warn once when the guard serves most queries."""
+        if not self._alpha or not self._guard:  # the reranker alone, or the first stage alone anyway (alpha 0)
+            return
+        reason = self._guard.reason(query)
+        with self._guard_lock:
+            seen = self._guard_seen
+            seen["queries"] += 1
+            if reason is not None:
+                seen[reason] += 1
+            guarded = seen["too_long"] + seen["not_a_question"]
+            warn = (not seen["warned"] and seen["queries"] >= GUARD_WARN_AFTER
+                    and guarded > GUARD_WARN_SHARE * seen["queries"])
+            if warn:
+                seen["warned"] = 1
+        if warn:
+            logger.warning(
+                "the query guard served %d of the %d queries so far in retrieval order, without the reranker (%s: "
+                "unlike every question it was trained on); to train a reranker for queries like yours, rerun "
+                "`rag-rerank adapt` with --query-examples FILE (5-50 of them, one per line)",
+                guarded, seen["queries"], self._guard.describe())
+
     @property
     def fusion_alpha(self) -> float | None:
         """The fusion weight in use (``"auto"`` resolved), or ``None`` when the reranker is served alone."""
@@ -213,6 +260,7 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
             },
         ) as event:
             alpha = self.alpha_for(query_bundle.query_str)
+            self._count_guard(query_bundle.query_str)
             if alpha == 0.0 and self.score_threshold is None:
                 # the first stage alone (fusion.json's alpha 0, or a query past the guard): do not score what is ignored
                 rerank_scores = [0.0] * len(nodes)
