@@ -56,7 +56,7 @@ from rag_rerank.types import Qrels, Run
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_GRID", "FUSION_FILE", "MIN_VALIDATION_QUERIES", "RULES", "TUNED", "FusionChoice", "QueryGuard",
-           "bagged_alpha", "choose_alpha", "guard_form", "guard_limit", "load_fusion", "past_guard", "query_words",
+           "bagged_alpha", "choose_alpha", "guard_form", "guard_limit", "load_fusion", "query_words",
            "save_fusion", "saved_alpha"]
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
@@ -74,16 +74,6 @@ def query_words(text: str) -> int:
         3
     """
     return len(text.split())
-
-
-def past_guard(query: str, max_query_words: int | None) -> bool:
-    """Whether ``query`` has more words than the guard's limit (``None``: no guard, never).
-
-    Example:
-        >>> past_guard("Who founded Rome?", 2), past_guard("Who founded Rome?", None)
-        (True, False)
-    """
-    return max_query_words is not None and query_words(query) > max_query_words
 
 
 def guard_limit(questions: Iterable[str], factor: float | None) -> int | None:
@@ -144,7 +134,7 @@ class QueryGuard:
 
     def reason(self, query: str) -> str | None:
         """``"too_long"``, ``"not_a_question"``, or ``None`` when the query is served fused."""
-        if past_guard(query, self.max_words):
+        if self.max_words is not None and query_words(query) > self.max_words:
             return "too_long"
         if self.form == "question" and not reads_as_question(query):
             return "not_a_question"
@@ -238,8 +228,8 @@ class FusionChoice:
 
         Example:
             >>> c = FusionChoice(alpha=0.5, metric="mrr@10", value=0.8, max_query_words=3)
-            >>> c.guard_note(["a b", "a b c d e"], "of your example queries")[:45]
-            'QUERY GUARD: 1 of 2 of your example queries h'
+            >>> c.guard_note(["a b", "a b c d e"], "of your example queries")[:74]
+            'QUERY GUARD: 1 of 2 of your example queries are past the query guard (more'
         """
         n = sum(map(self.guards, queries))
         if not self.improved or not n:

@@ -201,7 +201,8 @@ RECIPES: dict[str, Recipe] = {
                         "median of the bootstrap resamples' best weights). No dropout on attention probabilities, "
                         "so the fused attention kernel runs in training. With a time budget, as many listwise steps "
                         "as it has room for (up to 640). A query more than 1.5 times as long as the longest "
-                        "training question is served by the first stage alone (the query guard).",
+                        "training question, or one that does not read as a question when every training question "
+                        "did, is served by the first stage alone (the query guard).",
             mining=MiningConfig(negative_pool="positives"),
             training=replace(_V1_TRAINING, warm_start_steps=60, warm_start_max_length=96, mixed_precision="auto",
                              attention_dropout=0.0),

@@ -183,9 +183,12 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
 
     def alpha_for(self, query: str) -> float | None:
         """The fusion weight served for ``query``: :attr:`fusion_alpha`, or 0 (retrieval order) past the guard."""
-        if self._alpha is not None and self._guard.fires(query):
-            return 0.0
-        return self._alpha
+        return self._served(query)[0]
+
+    def _served(self, query: str) -> tuple[float | None, str | None]:
+        """``(weight served, why the guard fired or None)``; the guard is read once per query."""
+        reason = self._guard.reason(query) if self._alpha is not None else None
+        return (0.0 if reason is not None else self._alpha), reason
 
     def guard_info(self) -> dict[str, Any]:
         """What the query guard did to the queries served fused so far: ``{"max_query_words", "query_form",
@@ -202,11 +205,11 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
         return {"max_query_words": self._guard.max_words, "query_form": self._guard.form,
                 "queries": seen.get("queries", 0), "guarded": sum(reasons.values()), **reasons}
 
-    def _count_guard(self, query: str) -> None:
-        """Count a fused query by what the guard did to it; warn once when the guard serves most queries."""
+    def _count_guard(self, reason: str | None) -> None:
+        """Count a fused query by what the guard did to it (``reason``, from :meth:`_served`); warn once when the
+        guard serves most queries."""
         if not self._alpha or not self._guard:  # the reranker alone, or the first stage alone anyway (alpha 0)
             return
-        reason = self._guard.reason(query)
         with self._guard_lock:
             seen = self._guard_seen
             seen["queries"] += 1
@@ -259,8 +262,8 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
                 EventPayload.TOP_K: top_k,
             },
         ) as event:
-            alpha = self.alpha_for(query_bundle.query_str)
-            self._count_guard(query_bundle.query_str)
+            alpha, reason = self._served(query_bundle.query_str)
+            self._count_guard(reason)
             if alpha == 0.0 and self.score_threshold is None:
                 # the first stage alone (fusion.json's alpha 0, or a query past the guard): do not score what is ignored
                 rerank_scores = [0.0] * len(nodes)
