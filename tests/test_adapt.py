@@ -90,6 +90,29 @@ def test_the_verdict_is_the_same_everywhere_and_never_improved_without_a_signifi
     assert fusion.queries < 50 and run.verdict.startswith("NOT ENOUGH VALIDATION DATA")
 
 
+def test_a_refused_reranker_comes_with_the_levers_that_apply_to_the_run(run) -> None:
+    from rag_rerank.adaptation.pipeline import _next_line
+    from rag_rerank.rerank.fusion import FusionChoice
+
+    summary = json.loads(run.summary_path.read_text())
+    levers = [line for line in run.lines if line.startswith("NEXT:")]
+    assert len(levers) == 1 and run.shipped_system == TUNED
+    asked, total = summary["data"]["chunks_selected"], summary["data"]["chunks_total"]
+    assert asked == total and "ask questions for all" not in levers[0]  # every chunk was asked already
+    assert f"({load_fusion(run.reranker_dir).queries} validation questions" in levers[0]
+    assert "--llm openai" not in levers[0]  # this run's questions came from an OpenAI-compatible server already
+    refused = FusionChoice(alpha=0.0, metric="mrr@10", value=0.8, queries=52, status="no_gain")
+    line = _next_line(refused, {"data": {"chunks_total": 187, "chunks_selected": 187}}, "embedded",
+                      "embedded:minilm-ce")
+    assert "ask questions" not in line and "(52 validation questions" in line
+    partial = _next_line(refused, {"data": {"chunks_total": 187, "chunks_selected": 40}}, "openai",
+                         "embedded:minilm-ce")
+    assert "ask questions for all 187 chunks (this run asked 40: --max-chunks" in partial and "--llm" not in partial
+    assert "--llm openai:MODEL" in line and "--base-model BAAI/bge-reranker-base" in line
+    shipped = dataclasses.replace(refused, alpha=0.5, status="improved")
+    assert _next_line(shipped, {"data": {}}, "embedded", "embedded:minilm-ce") is None
+
+
 def test_a_rerun_resumes_without_redoing_anything(run, stub: StubOpenAIServer, tiny_cross_encoder_dir: Path,
                                                    tiny_bi_encoder_dir: Path) -> None:
     before = stub.n_requests

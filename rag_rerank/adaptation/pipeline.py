@@ -178,6 +178,9 @@ def adapt(
     if note:
         say(note)
     say(_test_line(summary))
+    levers = _next_line(choice, summary, llm_kind, base_model)
+    if levers:
+        say(levers)
     return AdaptResult(
         run_dir=run.path, dataset_dir=run.dataset_dir, index_dir=Path(index_dir), reranker_dir=served,
         report_dir=run.report_dir, summary_path=run.summary_path, verdict=choice.verdict(TUNED),
@@ -397,6 +400,32 @@ def _test_line(summary: dict[str, Any]) -> str:
     return (f"TEST ({test['queries']} held-out synthetic questions): {shipped} MRR@10 "
             f"{test['systems'][shipped]['mrr@10']:.4f}, {gain['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] over the "
             f"tuned first stage ({ok}).")
+
+
+def _next_line(choice: FusionChoice, summary: dict[str, Any], llm_kind: str, base_model: str) -> str | None:
+    """When validation refused the reranker: one line on what can change that for this run (None when shipped)."""
+    from rag_rerank.train.config import has_new_head
+
+    if choice.improved:
+        return None
+    data = summary.get("data") or {}
+    total, asked = data.get("chunks_total"), data.get("chunks_selected")
+    levers = []
+    if total and asked and asked < total:
+        levers.append(f"ask questions for all {total} chunks (this run asked {asked}: --max-chunks, --budget-minutes)")
+    levers.append(f"more documents ({choice.queries} validation questions can show only a large gain; a gain of a "
+                  "few hundredths needs a few hundred questions)")
+    if llm_kind == "embedded":
+        levers.append("a stronger question writer: --llm openai:MODEL (OPENAI_API_KEY), or a vLLM/Ollama server "
+                      "with --base-url")
+    try:
+        new_head = has_new_head(base_model)
+    except (OSError, ValueError):  # a base that no longer resolves: say nothing about it
+        new_head = False
+    if new_head:
+        levers.append("a trained reranker to start from: --base-model BAAI/bge-reranker-base (from the Hugging Face "
+                      "hub)")
+    return "NEXT: the reranker was not shipped; what can change that (rag-rerank adapt): " + "; ".join(levers) + "."
 
 
 def _record_throughput(run: RunFolder, llm_kind: str, recipe: Recipe, base_model: str,
