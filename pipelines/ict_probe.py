@@ -15,7 +15,7 @@ Arms: ``base`` (the run's ``train_groups.jsonl``) and ``ict`` (those plus ``--pe
 the corpus), each with every ``--seed`` (the training seed; the recipe's is 42). Each runs
 ``rag_rerank.train.finetune`` (the user path: the recipe's warm start, evaluations and fusion choice on synthetic
 validation), and is then scored on the synthetic test split and, with ``--real`` (runs over ``sample_docs/``), on
-SQuAD's human questions about the same articles, by ``residual_training.measure``. Test and real numbers report
+SQuAD's human questions about the same articles, by ``residual_training.measure_splits``. Test and real numbers report
 only.
 
 Decision rule, fixed before any number of this probe existed (the commit that adds this file): ICT groups are
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from demo_real_questions import SQUAD, real_questions
-from residual_training import measure
+from residual_training import fusion_record, measure_splits
 
 from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
@@ -112,23 +112,15 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, first_stage: dict[str
                                                   steps=plan["steps"]), seed=seed, keep_checkpoints=False)
         res = finetune(args.run / "dataset", out, recipe=recipe, index_dir=args.run / "index", groups=rows,
                        training=training, first_stage=first_stage, command="pipelines/ict_probe.py")
-        c = res.fusion
         entry = {
             "arm": arm, "seed": seed, "groups": len(rows), "steps": res.steps, "eval_steps": training.eval_steps,
             "train_wall_s": round(time.perf_counter() - t0, 1), "s_per_step": res.step_seconds,
             "validation": {"reranker_alone": res.eval_after, "eval_before": res.eval_before,
                            "first_stage": res.first_stage,
-                           "fusion": {"status": c.status, "alpha": c.alpha, "best_alpha": c.best_alpha, "gain": c.gain,
-                                      "gain_ci95": list(c.gain_ci95 or ()), "by_alpha": c.by_alpha}},
+                           "fusion": fusion_record(res.fusion)},
         }
         write_json(trained, entry)
-    fusion = entry["validation"]["fusion"]
-    shown = fusion["alpha"] if fusion["status"] == "improved" else fusion["best_alpha"]  # fused, even if not shipped
-    index = load_index(args.run / "index").with_fusion(**first_stage)
-    corpus, queries, qrels = load_qa_dataset(args.run / "dataset").split("test")
-    entry["test"] = measure(queries, qrels, corpus, index, out, shown, None)
-    if real is not None:
-        entry["real"] = measure(*real, index, out, shown, None, sample=args.sample)
+    measure_splits(entry, args.run, first_stage, out, None, real, args.sample)
     entry["wall_s"] = round(time.perf_counter() - t0, 1)
     return entry
 

@@ -86,6 +86,25 @@ def measure(queries: dict, qrels: dict, corpus: dict, index: Any, model: Path, a
     return out
 
 
+def fusion_record(choice: Any) -> dict[str, Any]:
+    """A ``FusionChoice`` as the result files record it."""
+    return {"status": choice.status, "alpha": choice.alpha, "best_alpha": choice.best_alpha, "gain": choice.gain,
+            "gain_ci95": list(choice.gain_ci95 or ()), "by_alpha": choice.by_alpha}
+
+
+def measure_splits(entry: dict[str, Any], run: Path, first_stage: dict[str, Any], model: Path,
+                   prior_weight: float | None, real: tuple | None, sample: int) -> None:
+    """``entry["test"]`` (the run's synthetic test split) and, with ``real``, ``entry["real"]``: :func:`measure` of
+    ``model`` fused at the weight validation chose, or at its best weight when validation refused it."""
+    fusion = entry["validation"]["fusion"]
+    shown = fusion["alpha"] if fusion["status"] == "improved" else fusion["best_alpha"]  # fused, even if not shipped
+    index = load_index(run / "index").with_fusion(**first_stage)
+    corpus, queries, qrels = load_qa_dataset(run / "dataset").split("test")
+    entry["test"] = measure(queries, qrels, corpus, index, model, shown, prior_weight)
+    if real is not None:
+        entry["real"] = measure(*real, index, model, shown, prior_weight, sample=sample)
+
+
 def run_variant(name: str, args: argparse.Namespace, first_stage: dict[str, Any], real: tuple | None) -> dict:
     recipe, overrides = VARIANTS[name]
     out = args.work / name
@@ -98,24 +117,16 @@ def run_variant(name: str, args: argparse.Namespace, first_stage: dict[str, Any]
         res = finetune(args.run / "dataset", out, recipe=recipe, index_dir=args.run / "index", groups=rows,
                        first_stage=first_stage, max_steps=args.max_steps, keep_checkpoints=False,
                        command="pipelines/residual_training.py", **overrides)
-        c = res.fusion
         entry = {
             "recipe": recipe, "overrides": overrides, "max_steps": args.max_steps, "steps": res.steps,
             "train_wall_s": round(time.perf_counter() - t0, 1), "prior_weight": res.data_summary.get("prior_weight"),
             "warm_start": res.data_summary.get("warm_start"),
             "validation": {"checkpoint_metric": res.eval_after, "eval_before": res.eval_before,
                            "first_stage": res.first_stage,
-                           "fusion": {"status": c.status, "alpha": c.alpha, "best_alpha": c.best_alpha, "gain": c.gain,
-                                      "gain_ci95": list(c.gain_ci95 or ()), "by_alpha": c.by_alpha}},
+                           "fusion": fusion_record(res.fusion)},
         }
         write_json(trained, entry)
-    fusion, weight = entry["validation"]["fusion"], entry["prior_weight"]
-    shown = fusion["alpha"] if fusion["status"] == "improved" else fusion["best_alpha"]  # fused, even if not shipped
-    index = load_index(args.run / "index").with_fusion(**first_stage)
-    corpus, queries, qrels = load_qa_dataset(args.run / "dataset").split("test")
-    entry["test"] = measure(queries, qrels, corpus, index, out, shown, weight)
-    if real is not None:
-        entry["real"] = measure(*real, index, out, shown, weight, sample=args.sample)
+    measure_splits(entry, args.run, first_stage, out, entry["prior_weight"], real, args.sample)
     entry["wall_s"] = round(time.perf_counter() - t0, 1)
     return entry
 
