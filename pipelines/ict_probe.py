@@ -39,8 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from demo_real_questions import SQUAD, real_questions
-from residual_training import fusion_record, measure_splits
+from residual_training import fusion_record, measure_splits, real_split
 
 from rag_rerank.adaptation.runfolder import tuned_first_stage
 from rag_rerank.cli import run_script
@@ -161,11 +160,7 @@ def main() -> int:
     ict_path = args.work / "ict_groups.jsonl"
     if not ict_path.is_file():
         write_jsonl(ict_path, ict_groups(args.run, first_stage, args.per_chunk, args.recipe))
-    real = None
-    if args.real:
-        corpus_all = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}
-        rq, rqrels, _ = real_questions(SQUAD, corpus_all)
-        real = (rq, rqrels, corpus_all)
+    real = real_split(args.run) if args.real else None
     result = read_json(args.out) if args.out.is_file() else {}
     if result and (result.get("machine") != machine_info() or result.get("run") != str(args.run)):
         logger.warning("%s holds arms of another machine or run: starting a new file", args.out)

@@ -92,6 +92,13 @@ def fusion_record(choice: Any) -> dict[str, Any]:
             "gain_ci95": list(choice.gain_ci95 or ()), "by_alpha": choice.by_alpha}
 
 
+def real_split(run: Path) -> tuple[dict, dict, dict]:
+    """``(queries, qrels, corpus)``: SQuAD's human questions about the articles of ``run`` (over ``sample_docs/``)."""
+    corpus_all = {d["_id"]: d for d in iter_jsonl(run / "index" / "corpus.jsonl")}
+    rq, rqrels, _ = real_questions(SQUAD, corpus_all)
+    return rq, rqrels, corpus_all
+
+
 def measure_splits(entry: dict[str, Any], run: Path, first_stage: dict[str, Any], model: Path,
                    prior_weight: float | None, real: tuple | None, sample: int) -> None:
     """``entry["test"]`` (the run's synthetic test split) and, with ``real``, ``entry["real"]``: :func:`measure` of
@@ -145,11 +152,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rag_rerank").setLevel(logging.INFO)
     first_stage = tuned_first_stage(args.run, through="mine")  # its train_groups.jsonl too
-    real = None
-    if args.real:
-        corpus_all = {d["_id"]: d for d in iter_jsonl(args.run / "index" / "corpus.jsonl")}
-        rq, rqrels, _ = real_questions(SQUAD, corpus_all)
-        real = (rq, rqrels, corpus_all)
+    real = real_split(args.run) if args.real else None
     result = read_json(args.out) if args.out.is_file() else {}
     if result and (result.get("machine") != machine_info() or result.get("run") != str(args.run)
                    or result.get("max_steps") != args.max_steps):
