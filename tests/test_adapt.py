@@ -378,7 +378,7 @@ def test_a_budget_run_trains_the_steps_it_planned(tmp_path: Path, stub: StubOpen
 def test_the_default_fills_its_budget_with_steps_past_the_datas_own_length(tmp_path: Path, stub: StubOpenAIServer,
                                                                     tiny_cross_encoder_dir: Path,
                                                                     tiny_bi_encoder_dir: Path) -> None:
-    """fill_budget (the default since demo.json): the plan's steps are trained even past the data's own length (the
+    """fill_budget (the default since demo_v7.json): the plan's steps are trained even past the data's own length (the
     60-step floor here), up to the recipe's max_steps; v6 would stop at 60."""
     from dataclasses import replace
 
