@@ -2,7 +2,7 @@
 
     python pipelines/ict_probe.py --run runs/demo_s38 --seed 42 --seed 7 --real
 
-A small run (``make demo``) has about 170 training questions: its 188 listwise steps are about nine passes over
+A small run (``make demo``) has about 200 training groups: its 188 listwise steps are about 7.5 passes over
 them, and the reranker alone ends below the tuned first stage on validation (0.72-0.76 against 0.84), so fusion
 has nothing to add and the demo ships the first stage. The questions are the scarce part, not the corpus. The
 inverse cloze task (ICT; Lee et al., 2019, ORQA) makes label-free pairs from the corpus alone: a sentence of a
