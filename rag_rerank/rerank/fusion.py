@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -154,9 +155,14 @@ class QueryGuard:
         """``{"max_query_words", "query_form", "guarded", "too_long", "not_a_question", "queries"}`` over
         ``queries`` (what reports record)."""
         reasons = [self.reason(q) for q in queries]
-        return {"max_query_words": self.max_words, "query_form": self.form,
-                "guarded": sum(r is not None for r in reasons), "too_long": reasons.count("too_long"),
-                "not_a_question": reasons.count("not_a_question"), "queries": len(reasons)}
+        return self.tally(Counter(reasons), len(reasons))
+
+    def tally(self, reasons: Mapping[str | None, int], queries: int) -> dict[str, Any]:
+        """The record :meth:`counts` returns, from ``reasons`` (how often each :meth:`reason` came out) over
+        ``queries`` queries: for a count kept as queries arrive (the LlamaIndex postprocessor's ``guard_info``)."""
+        too_long, not_a_question = reasons.get("too_long", 0), reasons.get("not_a_question", 0)
+        return {"max_query_words": self.max_words, "query_form": self.form, "guarded": too_long + not_a_question,
+                "too_long": too_long, "not_a_question": not_a_question, "queries": queries}
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
     _reranker: Reranker = PrivateAttr()
     _alpha: float | None = PrivateAttr(default=None)
     _guard: QueryGuard = PrivateAttr(default_factory=QueryGuard)
-    _guard_seen: Counter = PrivateAttr(default_factory=Counter)
+    _guard_seen: Counter = PrivateAttr(default_factory=Counter)  # "queries" and each guard reason
+    _guard_warned: bool = PrivateAttr(default=False)
     _guard_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
@@ -197,13 +198,11 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
 
         Example:
             >>> pp.guard_info()  # doctest: +SKIP
-            {'max_query_words': 51, 'query_form': 'question', 'queries': 40, 'guarded': 31, 'too_long': 0, ...}
+            {'max_query_words': 51, 'query_form': 'question', 'guarded': 31, 'too_long': 0, ...}
         """
         with self._guard_lock:
-            seen = dict(self._guard_seen)
-        reasons = {r: seen.get(r, 0) for r in ("too_long", "not_a_question")}
-        return {"max_query_words": self._guard.max_words, "query_form": self._guard.form,
-                "queries": seen.get("queries", 0), "guarded": sum(reasons.values()), **reasons}
+            seen = Counter(self._guard_seen)
+        return self._guard.tally(seen, seen["queries"])
 
     def _count_guard(self, reason: str | None) -> None:
         """Count a fused query by what the guard did to it (``reason``, from :meth:`_served`); warn once when the
@@ -215,17 +214,17 @@ class RagRerankPostprocessor(BaseNodePostprocessor):
             seen["queries"] += 1
             if reason is not None:
                 seen[reason] += 1
-            guarded = seen["too_long"] + seen["not_a_question"]
-            warn = (not seen["warned"] and seen["queries"] >= GUARD_WARN_AFTER
-                    and guarded > GUARD_WARN_SHARE * seen["queries"])
+            info = self._guard.tally(seen, seen["queries"])
+            warn = (not self._guard_warned and info["queries"] >= GUARD_WARN_AFTER
+                    and info["guarded"] > GUARD_WARN_SHARE * info["queries"])
             if warn:
-                seen["warned"] = 1
+                self._guard_warned = True
         if warn:
             logger.warning(
                 "the query guard served %d of the %d queries so far in retrieval order, without the reranker (%s: "
                 "unlike every question it was trained on); to train a reranker for queries like yours, rerun "
                 "`rag-rerank adapt` with --query-examples FILE (5-50 of them, one per line)",
-                guarded, seen["queries"], self._guard.describe())
+                info["guarded"], info["queries"], self._guard.describe())
 
     @property
     def fusion_alpha(self) -> float | None:
